@@ -1,0 +1,95 @@
+"""Sessions: matrix (the main job), report, images, base-image, lock, tests, bench, lint.
+
+The host side needs only numpy, jinja2, jsonschema and rich; frameworks live
+in the images and venvs the matrix builds.
+"""
+
+from __future__ import annotations
+
+
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).resolve().parent
+PYTHON = "3.11"
+
+
+def _install(session: nox.Session, extras: str = "") -> None:
+    session.install("-e", f".{extras}")
+
+
+@nox.session(python=PYTHON)
+def matrix(session: nox.Session) -> None:
+    """Build images, run every cell of a spec, compare and report.
+
+    nox -s matrix -- [--spec FILE] [--only EXPR] [--executor auto|docker|venv|host]
+                     [--jobs N] [--shard I/N] [--repeats N] [--dry-run] [--no-cache]
+                     [--fail-on CLASS] [--list-json]
+    """
+    _install(session)
+    session.run("python", "-m", "matrix", "run", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def report(session: nox.Session) -> None:
+    """nox -s report -- RESULTS_DIR [RESULTS_DIR ...] [--out DIR] [--reference CELL] [--fail-on CLASS]"""
+    _install(session)
+    session.run("python", "-m", "matrix", "report", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def images(session: nox.Session) -> None:
+    """Build (or find, by content hash) the Docker images a spec needs."""
+    _install(session)
+    session.run("python", "-m", "matrix", "images", *session.posargs)
+
+
+@nox.session(name="base-image", python=PYTHON)
+def base_image(session: nox.Session) -> None:
+    """Bootstrap the Debian bookworm + Python 3.11 base image locally (no registry needed)."""
+    _install(session)
+    session.run("python", "-m", "matrix", "base-image", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lock(session: nox.Session) -> None:
+    """Regenerate docker/locks/*.txt (hashed pins) from matrix/stacks.toml."""
+    _install(session)
+    session.run("python", "-m", "matrix", "lock", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole suite, Docker and real frameworks included.
+
+    Under CI (CI set) a missing Docker engine, Chromium or framework is a
+    failure, never a skip.
+    """
+    _install(session, "[test]")
+    session.run("pytest", *(session.posargs or ["-q"]), env={"PYTHONPATH": str(ROOT)})
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks that print figures (no timing asserts): compare, render, runner, images."""
+    _install(session)
+    names = session.posargs or sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
+    for name in names:
+        session.log(f"--- {name}")
+        session.run("python", str(ROOT / "benchmarks" / f"{name}.py"), env={"PYTHONPATH": str(ROOT)})
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    _install(session)
+    session.install("ruff", "mypy")
+    session.run("ruff", "check", "matrix", "scenarios", "tests", "noxfile.py")
+    session.run("mypy", "matrix")
+
+
+
