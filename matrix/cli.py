@@ -29,7 +29,7 @@ __all__ = ["main"]
 DEFAULT_SPEC = Path(__file__).resolve().parent / "default.toml"
 DRIFT_CLASSES = ("identical", "rounding", "drift", "divergent", "failed", "missing")
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,6 +135,8 @@ def cmd_run(argv: list[str]) -> int:
     results = opts.results or _default_results(spec.name, shard_spec)
     executor_name = opts.executor or spec.executor
     if opts.dry_run:
+        if executor_name == "auto":
+            executor_name = "docker" if _engine_answers() else "venv"
         return _dry_run(plan, executor_name, results, opts)
 
     executor = select_executor(executor_name, opts.python)
@@ -211,7 +213,7 @@ def list_json(plan: Plan) -> dict[str, list[dict[str, object]]]:
 def _dry_run(plan: Plan, executor_name: str, results: Path, opts: argparse.Namespace) -> int:
     from matrix.cache import read_record
 
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
     out.print(f"[bold]{plan.spec.name}[/] ({plan.spec.path}): {len(plan.cells)} cells, "
               f"{plan.repeats} repeats, reference {plan.reference}, executor {executor_name}")
     out.print("environments:")
@@ -233,7 +235,7 @@ def _environment_state(env: str, executor_name: str) -> str:
     stack_name, target = env.rsplit(".", 1)
     stack = load_catalog()[stack_name]
     try:
-        if executor_name in {"docker", "auto"}:
+        if executor_name == "docker":
             from matrix.images import planned_image
 
             return planned_image(stack, target)
@@ -244,6 +246,16 @@ def _environment_state(env: str, executor_name: str) -> str:
         return "host interpreter"
     except MatrixError as exc:
         return f"unknown ({exc.message})"
+
+
+def _engine_answers() -> bool:
+    from matrix.engine import check_engine
+
+    try:
+        check_engine()
+    except EngineError:
+        return False
+    return True
 
 
 def select_executor(name: str, python: str | None = None) -> Executor:

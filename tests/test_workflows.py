@@ -1,0 +1,56 @@
+"""The GitHub workflows, validated offline against GitHub's schema (vendored
+by check-jsonschema), and the cell list they fan out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+
+
+def check(paths: list[Path]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", *map(str, paths)],
+        capture_output=True, text=True,
+    )
+
+
+def test_both_workflows_exist() -> None:
+    assert {p.name for p in WORKFLOWS} == {"ci.yml", "matrix.yml"}
+
+
+def test_workflows_match_githubs_schema() -> None:
+    proc = check(WORKFLOWS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_schema_check_catches_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps: 3\n")
+    assert check([broken]).returncode != 0
+
+
+def test_matrix_workflow_is_scheduled_and_dispatchable() -> None:
+    text = (ROOT / ".github/workflows/matrix.yml").read_text()
+    for needle in ("schedule:", "cron:", "workflow_dispatch:", "[self-hosted, gpu]", "--list-json",
+                   "GITHUB_STEP_SUMMARY", "deploy-pages", "nox -s report"):
+        assert needle in text
+
+
+@pytest.mark.parametrize("spec", ["full.toml", "gpu.toml", "default.toml"])
+def test_list_json_is_a_ci_matrix(spec: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "matrix", "run", "--spec", str(ROOT / "matrix" / spec), "--list-json"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    cells = json.loads(proc.stdout)["include"]
+    ids = [c["cell"] for c in cells]
+    assert len(ids) == len(set(ids)) > 0
+    assert all(c["gpu"] == (c["device"] == "gpu") for c in cells)
