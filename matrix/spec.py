@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from matrix.errors import SpecError
+from matrix.drift import KEY_ALIASES, Thresholds, apply_overrides
+from matrix.errors import MatrixError, SpecError
 from matrix.stacks import Stack, load_catalog
 
 __all__ = ["AXES", "AXIS_DEFAULTS", "Spec", "load_spec", "parse_spec"]
@@ -53,7 +54,7 @@ _ALLOWED: dict[str, tuple[AxisValue, ...]] = {
 }
 _SCENARIOS = ("seeded_mlp", "stateful_lstm", "precision", "initializers")
 _DTYPES = ("float16", "bfloat16", "float32", "float64")
-_TOLERANCE_KEYS = ("rtol", "atol", "divergence_rtol", "divergence_atol", "max_ulp")
+_TOLERANCE_KEYS = (*KEY_ALIASES, *(f.name for f in fields(Thresholds)))
 _EXECUTORS = ("auto", "docker", "venv", "host")
 
 _TOP_KEYS = {"matrix", "axes", "include", "exclude", "runner", "tolerances"}
@@ -238,4 +239,8 @@ def _tolerances(raw: Any, where: str) -> dict[str, dict[str, float]]:
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise SpecError(f"{where}: tolerances.{dtype}.{key} must be a number >= 0")
         out[dtype] = {k: float(v) for k, v in table.items()}
+    try:
+        apply_overrides(out)
+    except MatrixError as exc:
+        raise SpecError(f"{where}: {exc.message}") from None
     return out

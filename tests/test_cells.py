@@ -4,7 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from matrix.cells import cell_id, expand, filter_cells, parse_shard, resolve_reference, runner_args, shard
+from matrix.cells import (
+    cell_id,
+    expand,
+    filter_cells,
+    parse_shard,
+    resolve_reference,
+    runner_args,
+    shard,
+)
 from matrix.errors import SpecError
 from matrix.spec import AXIS_DEFAULTS, load_spec
 from matrix.stacks import load_catalog
@@ -20,34 +28,46 @@ def spec_of(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
 
 
 def test_product_and_defaults(tmp_path: Path) -> None:
-    spec = spec_of(tmp_path, "[axes]\nstack=['tf-2.15','tf-2.21']\nprecision=['float32','mixed_float16']\n")
+    spec = spec_of(
+        tmp_path, "[axes]\nstack=['tf-2.15','tf-2.21']\nprecision=['float32','mixed_float16']\n"
+    )
     cells = expand(spec, CATALOG)
     assert [c.id for c in cells] == [
-        "tf-2.15__cpu", "tf-2.15__cpu__mixed_float16", "tf-2.21__cpu", "tf-2.21__cpu__mixed_float16",
+        "tf-2.15__cpu",
+        "tf-2.15__cpu__mixed_float16",
+        "tf-2.21__cpu",
+        "tf-2.21__cpu__mixed_float16",
     ]
     assert all(set(c.axes) == set(AXIS_DEFAULTS) for c in cells)
 
 
 def test_ids_are_unique_and_leave_defaults_out() -> None:
-    axes = dict(AXIS_DEFAULTS, stack="tf-2.21", target="cuda", device="gpu", determinism="off", threads=1)
+    axes = dict(
+        AXIS_DEFAULTS, stack="tf-2.21", target="cuda", device="gpu", determinism="off", threads=1
+    )
     assert cell_id(axes) == "tf-2.21__gpu__det-off__threads-1"
     axes["device"] = "cpu"
     assert cell_id(axes) == "tf-2.21__cuda-cpu__det-off__threads-1"
 
 
 def test_exclude_is_partial_match(tmp_path: Path) -> None:
-    spec = spec_of(tmp_path, """
+    spec = spec_of(
+        tmp_path,
+        """
 [axes]
 stack=['tf-2.15','tf-2.21']
 precision=['float32','mixed_float16']
 [[exclude]]
 precision='mixed_float16'
-""")
+""",
+    )
     assert [c.id for c in expand(spec, CATALOG)] == ["tf-2.15__cpu", "tf-2.21__cpu"]
 
 
 def test_include_extends_or_adds_like_github_actions(tmp_path: Path) -> None:
-    spec = spec_of(tmp_path, """
+    spec = spec_of(
+        tmp_path,
+        """
 [axes]
 stack=['tf-2.15','tf-2.21']
 onednn=['default']
@@ -59,7 +79,8 @@ threads=1
 [[include]]
 stack='tf-2.21'
 onednn='off'
-""")
+""",
+    )
     ids = [c.id for c in expand(spec, CATALOG)]
     assert ids == ["tf-2.15__cpu", "tf-2.21__cpu__threads-1", "tf-2.21__cpu__onednn-off"]
 
@@ -83,12 +104,15 @@ def test_stack_without_cuda_build(tmp_path: Path) -> None:
 
 
 def test_reference_by_axes_id_and_default(tmp_path: Path) -> None:
-    spec = spec_of(tmp_path, """
+    spec = spec_of(
+        tmp_path,
+        """
 [matrix]
 reference = { stack = 'tf-2.21' }
 [axes]
 stack=['tf-2.15','tf-2.21']
-""")
+""",
+    )
     cells = expand(spec, CATALOG)
     assert resolve_reference(spec, cells) == "tf-2.21__cpu"
     assert resolve_reference(spec, cells, "tf-2.15__cpu") == "tf-2.15__cpu"
@@ -98,7 +122,10 @@ stack=['tf-2.15','tf-2.21']
 
 def test_only_filters(tmp_path: Path) -> None:
     cells = expand(load_spec(SPECS / "default.toml", CATALOG), CATALOG)
-    assert {c.stack for c in filter_cells(cells, ["stack=keras-*"])} == {"keras-3.15-jax", "keras-3.15-torch"}
+    assert {c.stack for c in filter_cells(cells, ["stack=keras-*"])} == {
+        "keras-3.15-jax",
+        "keras-3.15-torch",
+    }
     picked = filter_cells(cells, ["stack=tf-2.21,precision=float32"])
     assert [c.id for c in picked] == ["tf-2.21__cpu", "tf-2.21__cpu__onednn-off"]
     assert [c.id for c in filter_cells(cells, ["tf-2.15__cpu"])] == ["tf-2.15__cpu"]
@@ -121,7 +148,9 @@ def test_bad_shard(bad: str) -> None:
 
 
 def test_runner_args_carry_every_setting(tmp_path: Path) -> None:
-    spec = spec_of(tmp_path, "[axes]\nstack=['tf-2.21']\nprecision=['mixed_bfloat16']\nthreads=[1]\n")
+    spec = spec_of(
+        tmp_path, "[axes]\nstack=['tf-2.21']\nprecision=['mixed_bfloat16']\nthreads=[1]\n"
+    )
     args = runner_args(expand(spec, CATALOG)[0], spec)
     pairs = dict(zip(args[::2], args[1::2], strict=True))
     assert pairs["--precision"] == "mixed_bfloat16"

@@ -13,10 +13,18 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "matrix", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "matrix", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
@@ -56,8 +64,14 @@ def test_bad_options() -> None:
 
 
 def test_missing_docker_engine_is_exit_4(tmp_path: Path) -> None:
-    proc = run("run", "--executor", "docker", "--results", str(tmp_path / "r"),
-               env={"KRM_DOCKER": "/nonexistent/docker"})
+    proc = run(
+        "run",
+        "--executor",
+        "docker",
+        "--results",
+        str(tmp_path / "r"),
+        env={"KRM_DOCKER": "/nonexistent/docker"},
+    )
     assert proc.returncode == 4
     assert "not on PATH" in one_line_error(proc)
     assert not (tmp_path / "r").exists()
@@ -79,6 +93,16 @@ def test_dry_run_prints_the_plan() -> None:
 
 def test_help_lists_every_option() -> None:
     proc = run("run", "--help")
-    for option in ("--spec", "--only", "--executor", "--jobs", "--shard", "--repeats", "--dry-run",
-                   "--no-cache", "--fail-on", "--list-json"):
+    for option in (
+        "--spec",
+        "--only",
+        "--executor",
+        "--jobs",
+        "--shard",
+        "--repeats",
+        "--dry-run",
+        "--no-cache",
+        "--fail-on",
+        "--list-json",
+    ):
         assert option in proc.stdout

@@ -25,7 +25,9 @@ class FakeExecutor:
 
     name = "venv"
 
-    def __init__(self, *, fail: set[str] | None = None, sleep: float = 0.0, env_error: str | None = None) -> None:
+    def __init__(
+        self, *, fail: set[str] | None = None, sleep: float = 0.0, env_error: str | None = None
+    ) -> None:
         self.fail = fail or set()
         self.sleep = sleep
         self.env_error = env_error
@@ -39,13 +41,17 @@ class FakeExecutor:
             raise BuildError(f"cannot build {env.name}")
         return f"fake:{env.name}"
 
-    def run_cell(self, env, environment_id, runner_args, out_dir, *, timeout, memory, gpu, extra_env):  # type: ignore[no-untyped-def]
+    def run_cell(
+        self, env, environment_id, runner_args, out_dir, *, timeout, memory, gpu, extra_env
+    ):  # type: ignore[no-untyped-def]
         meta = json.loads(runner_args[runner_args.index("--meta") + 1])
         with self.lock:
             self.runs.append(f"{meta['id']}/{meta['repeat']}")
         time.sleep(self.sleep)
         if meta["id"] in self.fail:
-            return CellRun(returncode=1, seconds=0.1, reason="exit 1: RuntimeError: boom", output_tail="boom")
+            return CellRun(
+                returncode=1, seconds=0.1, reason="exit 1: RuntimeError: boom", output_tail="boom"
+            )
         out_dir.mkdir()
         (out_dir / "tensors.npz").write_bytes(b"npz")
         (out_dir / "log.txt").write_text("log")
@@ -53,7 +59,10 @@ class FakeExecutor:
         return CellRun(returncode=0, seconds=0.1)
 
 
-def plan_for(tmp_path: Path, text: str = "[axes]\nstack=['tf-2.15','tf-2.21']\nprecision=['float32','mixed_float16']\n"):  # type: ignore[no-untyped-def]
+def plan_for(
+    tmp_path: Path,
+    text: str = "[axes]\nstack=['tf-2.15','tf-2.21']\nprecision=['float32','mixed_float16']\n",
+):  # type: ignore[no-untyped-def]
     path = tmp_path / "m.toml"
     path.write_text(text)
     return make_plan(load_spec(path, CATALOG), CATALOG)
@@ -84,7 +93,10 @@ def test_changed_settings_invalidate_only_that_cell(tmp_path: Path) -> None:
     execute(plan_for(tmp_path), FakeExecutor(), CATALOG, results, jobs=1)
     fake = FakeExecutor()
     # Same cells, different unseeded repeats: every cache key changes.
-    plan = plan_for(tmp_path, "[axes]\nstack=['tf-2.15','tf-2.21']\nprecision=['float32','mixed_float16']\n[runner]\nunseeded_repeats=7\n")
+    plan = plan_for(
+        tmp_path,
+        "[axes]\nstack=['tf-2.15','tf-2.21']\nprecision=['float32','mixed_float16']\n[runner]\nunseeded_repeats=7\n",
+    )
     execute(plan, fake, CATALOG, results, jobs=1)
     assert len(fake.runs) == 8
 
@@ -125,7 +137,10 @@ def test_concurrent_runs_do_not_corrupt_each_other(tmp_path: Path) -> None:
     plan = plan_for(tmp_path)
     results = tmp_path / "results"
     a, b = FakeExecutor(sleep=0.05), FakeExecutor(sleep=0.05)
-    threads = [threading.Thread(target=execute, args=(plan, x, CATALOG, results), kwargs={"jobs": 2}) for x in (a, b)]
+    threads = [
+        threading.Thread(target=execute, args=(plan, x, CATALOG, results), kwargs={"jobs": 2})
+        for x in (a, b)
+    ]
     for t in threads:
         t.start()
     for t in threads:

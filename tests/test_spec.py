@@ -39,14 +39,26 @@ def test_defaults(tmp_path: Path) -> None:
         ("[axes]\nstack = ['tf-2.15']\nprecision = ['float8']\n", "'float8' is not allowed"),
         ("[axes]\nstack = []\n", "axes.stack must be a non-empty list"),
         ("[axes]\nprecision = ['float32']\n", "axes.stack is required"),
-        ("[axes]\nstack = ['tf-2.15']\n[matrix]\nrepeats = 0\n", "matrix.repeats must be a whole number >= 1"),
+        (
+            "[axes]\nstack = ['tf-2.15']\n[matrix]\nrepeats = 0\n",
+            "matrix.repeats must be a whole number >= 1",
+        ),
         ("[axes]\nstack = ['tf-2.15']\n[matrix]\ncolour = 1\n", "unknown key matrix.colour"),
-        ("[axes]\nstack = ['tf-2.15']\n[tolerances.float32]\nrtol = -1\n", "tolerances.float32.rtol"),
-        ("[axes]\nstack = ['tf-2.15']\n[tolerances.int8]\nrtol = 1\n", "tolerances.int8: unknown dtype"),
+        (
+            "[axes]\nstack = ['tf-2.15']\n[tolerances.float32]\nrtol = -1\n",
+            "tolerances.float32.rtol",
+        ),
+        (
+            "[axes]\nstack = ['tf-2.15']\n[tolerances.int8]\nrtol = 1\n",
+            "tolerances.int8: unknown dtype",
+        ),
         ("[axes]\nstack = ['tf-2.15']\nthreads = [-1]\n", "threads must be a whole number"),
         ("[axes]\nstack = ['tf-2.15', 'tf-2.15']\n", "lists a value twice"),
         ("[axes\nstack = 1", "not valid TOML"),
-        ("[axes]\nstack = ['tf-2.15']\n[[exclude]]\nstack = 'nope'\n", "exclude[0].stack: unknown stack"),
+        (
+            "[axes]\nstack = ['tf-2.15']\n[[exclude]]\nstack = 'nope'\n",
+            "exclude[0].stack: unknown stack",
+        ),
         ("oops = 1\n[axes]\nstack = ['tf-2.15']\n", "unknown key oops"),
     ],
 )
@@ -66,5 +78,8 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_booleans_read_as_on_off(tmp_path: Path) -> None:
-    spec = load_spec(write(tmp_path, "[axes]\nstack = ['tf-2.15']\ndeterminism = [true, false]\n"), load_catalog())
+    spec = load_spec(
+        write(tmp_path, "[axes]\nstack = ['tf-2.15']\ndeterminism = [true, false]\n"),
+        load_catalog(),
+    )
     assert spec.axes["determinism"] == ("on", "off")

@@ -16,8 +16,16 @@ WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 
 def check(paths: list[Path]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", *map(str, paths)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.github-workflows",
+            *map(str, paths),
+        ],
+        capture_output=True,
+        text=True,
     )
 
 
@@ -38,16 +46,34 @@ def test_schema_check_catches_a_broken_workflow(tmp_path: Path) -> None:
 
 def test_matrix_workflow_is_scheduled_and_dispatchable() -> None:
     text = (ROOT / ".github/workflows/matrix.yml").read_text()
-    for needle in ("schedule:", "cron:", "workflow_dispatch:", "[self-hosted, gpu]", "--list-json",
-                   "GITHUB_STEP_SUMMARY", "deploy-pages", "nox -s report"):
+    for needle in (
+        "schedule:",
+        "cron:",
+        "workflow_dispatch:",
+        "[self-hosted, gpu]",
+        "--list-json",
+        "GITHUB_STEP_SUMMARY",
+        "deploy-pages",
+        "nox -s report",
+    ):
         assert needle in text
 
 
 @pytest.mark.parametrize("spec", ["full.toml", "gpu.toml", "default.toml"])
 def test_list_json_is_a_ci_matrix(spec: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "matrix", "run", "--spec", str(ROOT / "matrix" / spec), "--list-json"],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "matrix",
+            "run",
+            "--spec",
+            str(ROOT / "matrix" / spec),
+            "--list-json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     cells = json.loads(proc.stdout)["include"]
