@@ -165,7 +165,6 @@ def cmd_run(argv: list[str]) -> int:
         console.print("interrupted: run the same command again to resume")
         return 130
 
-    code = 0
     if not opts.no_report:
         t0 = time.monotonic()
         from matrix.report import build_report
@@ -175,11 +174,13 @@ def cmd_run(argv: list[str]) -> int:
                               tolerances=spec.tolerances or None)
         stages["report"] = time.monotonic() - t0
         console.print(f"report: {out / 'index.html'} ({out / 'report.md'})")
-        code = report.exit_code
+        error = report.error
+    else:
+        error = None
     stages["total"] = time.monotonic() - started
     console.print("stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()))
-    if code:
-        return code
+    if error is not None:
+        raise error
     if summary.failed:
         first = summary.failed[0]
         raise CellsFailed(
@@ -280,7 +281,11 @@ def select_executor(name: str, python: str | None = None) -> Executor:
         return VenvExecutor()
     from matrix.executors.docker import DockerExecutor
 
-    return DockerExecutor()
+    return DockerExecutor(log=_build_log)
+
+
+def _build_log(message: str) -> None:
+    console.print(f"[cyan]  build[/] {message}", soft_wrap=True)
 
 
 def cmd_images(argv: list[str]) -> int:
@@ -295,7 +300,7 @@ def cmd_images(argv: list[str]) -> int:
     from matrix.executors.docker import DockerExecutor
 
     check_engine()
-    executor = DockerExecutor()
+    executor = DockerExecutor(log=_build_log)
     for env_name in plan.environments:
         stack_name, target = env_name.rsplit(".", 1)
         t0 = time.monotonic()

@@ -50,7 +50,8 @@ def ensure_venv(stack: Stack, target: str = "cpu", root: Path | None = None) -> 
         steps = [
             [uv, "venv", "-q", "--python", "3.11", str(tmp)],
             [
-                uv, "pip", "install", "-q", "--require-hashes", "--no-deps",
+                # Bytecode now, or every run recompiles the framework's sources.
+                uv, "pip", "install", "-q", "--require-hashes", "--no-deps", "--compile-bytecode",
                 "--python", str(tmp / "bin" / "python"),
                 "-r", str(stack.lock_path(target)),
             ],
