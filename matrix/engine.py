@@ -366,7 +366,8 @@ def run_command(spec: RunSpec, binary: str = "docker") -> list[str]:
         cmd += ["--gpus", "all"]
     for mount in spec.mounts:
         mode = "ro" if mount.read_only else "rw"
-        cmd += ["--volume", f"{mount.source}:{mount.target}:{mode}"]
+        # Docker reads a relative source as a named volume, never a path.
+        cmd += ["--volume", f"{Path(mount.source).absolute()}:{mount.target}:{mode}"]
     for key, value in sorted(spec.env.items()):
         cmd += ["--env", f"{key}={value}"]
     cmd.append(spec.image)
@@ -391,7 +392,10 @@ def failure_reason(
     if returncode == 137:
         return "out of memory (exit 137)"
     if returncode in _DOCKER_RUN_ERRORS:
-        detail = last_line(output)
+        # The daemon's own message comes first; the last line is only
+        # "Run 'docker run --help' for more information".
+        daemon = [ln.strip() for ln in output.splitlines() if ln.strip().startswith("docker:")]
+        detail = daemon[0].removeprefix("docker:").strip()[:300] if daemon else last_line(output)
         if "could not select device driver" in output:
             detail = "the engine has no GPU support: install the NVIDIA Container Toolkit"
         return f"exit {returncode}: {_DOCKER_RUN_ERRORS[returncode]}: {detail}"

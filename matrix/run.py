@@ -171,6 +171,7 @@ def execute(
     keeping what finished) when the disk is full."""
     say = progress or (lambda kind, msg: None)
     summary = RunSummary()
+    results = results.absolute()
     results.mkdir(parents=True, exist_ok=True)
     write_plan(results, plan)
     scen_hash = scenarios_hash(SCENARIOS_ROOT / "scenarios")

@@ -218,3 +218,21 @@ def test_memory_limit_is_reported_as_out_of_memory(base: str) -> None:
 def test_image_id_of_missing_image_is_none() -> None:
     require_engine()
     assert engine.image_id("krm-env:does-not-exist") is None
+
+
+def test_relative_mount_sources_become_absolute_paths() -> None:
+    # A relative source would be read by Docker as a named volume.
+    from matrix.engine import Mount, RunSpec, run_command
+
+    spec = RunSpec(image="img", name="n", command=("true",),
+                   mounts=(Mount(source=Path("results/x"), target="/out", read_only=False),))
+    volume = run_command(spec)[run_command(spec).index("--volume") + 1]
+    assert volume == f"{Path('results/x').absolute()}:/out:rw"
+
+
+def test_daemon_message_is_the_reason_for_exit_125() -> None:
+    from matrix.engine import failure_reason
+
+    output = 'docker: Error response from daemon: bad mount.\n\nRun \'docker run --help\' for more information\n'
+    reason = failure_reason(125, timed_out=False, timeout=1, output=output)
+    assert reason == "exit 125: docker run failed: Error response from daemon: bad mount."

@@ -1,0 +1,246 @@
+"""`python -m scenarios --out DIR [options]`: one cell, one artifact.
+
+Exit codes: 0 an artifact was written (even if scenarios failed), 2 bad
+arguments, 3 an --out that is refused, 4 the artifact could not be written.
+Every refusal is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from scenarios.settings import (
+    ALL_SCENARIOS,
+    PRECISIONS,
+    SettingsError,
+    apply_environment,
+    backend_hint,
+    parse_settings,
+)
+
+__all__ = [
+    "EXIT_BAD_ARGS",
+    "EXIT_OUT_REFUSED",
+    "EXIT_WRITE_FAILED",
+    "build_parser",
+    "main",
+    "parse_meta",
+]
+
+EXIT_BAD_ARGS = 2
+EXIT_OUT_REFUSED = 3
+EXIT_WRITE_FAILED = 4
+EXECUTORS = ("docker", "venv", "host", "manual")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not usage + message: the host logs it as the cell's reason.
+        self.exit(EXIT_BAD_ARGS, f"scenarios: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m scenarios",
+        description="Run the standard Keras reproducibility scenarios in this environment and "
+        "write one cell artifact (manifest.json, tensors.npz, log.txt).",
+        epilog="Flags override the same keys given in --settings. Exit codes: 0 artifact written "
+        "(scenario failures are recorded in it), 2 bad arguments, 3 --out refused, "
+        "4 artifact could not be written.",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="artifact directory to create (written atomically via a temporary sibling)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="dtype policy for the precision scenario (default float32); the other "
+        "scenarios always run float32 so they stay comparable across this axis",
+    )
+    p.add_argument(
+        "--determinism",
+        choices=("on", "off"),
+        help="op determinism: TF enable_op_determinism + TF_DETERMINISTIC_OPS, torch "
+        "use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG, JAX "
+        "--xla_gpu_deterministic_ops (default off: the framework's default)",
+    )
+    p.add_argument(
+        "--onednn",
+        choices=("on", "off", "default"),
+        help="oneDNN kernels: TF_ENABLE_ONEDNN_OPTS before import; torch.backends.mkldnn "
+        "(default: leave the framework's default)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="intra/inter-op threads and OMP_NUM_THREADS; 0 = all cores (default 0)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        help="cpu hides GPUs (CUDA_VISIBLE_DEVICES=''); gpu requires a visible GPU, "
+        "else every scenario is recorded as unsupported (default cpu)",
+    )
+    p.add_argument(
+        "--jit",
+        choices=("on", "off", "default"),
+        help="compile(jit_compile=...) for every model (XLA on TF/JAX, torch.compile "
+        "on torch); default leaves Keras' own choice (default default)",
+    )
+    p.add_argument(
+        "--cudnn",
+        choices=("on", "off", "default"),
+        help="allow the LSTM's cuDNN kernel; only meaningful on GPU (default default)",
+    )
+    p.add_argument(
+        "--scenarios",
+        metavar="A,B",
+        help=f"comma-separated subset of {','.join(ALL_SCENARIOS)} (default all)",
+    )
+    p.add_argument(
+        "--unseeded-repeats",
+        type=int,
+        metavar="N",
+        dest="unseeded_repeats",
+        help="unseeded MLP trainings summarised by mean and std of the MSE (default 3)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_const",
+        const=True,
+        help="a tenth of the epochs: for smoke tests, not for comparisons",
+    )
+    p.add_argument(
+        "--settings",
+        metavar="JSON",
+        help="settings as a JSON object with the keys above (precision, determinism, "
+        "onednn, threads, device, jit, cudnn, scenarios, unseeded_repeats, quick)",
+    )
+    p.add_argument(
+        "--meta",
+        metavar="JSON",
+        help='the cell as the host names it: {"id", "axes", "executor", "repeat", '
+        '"environment_id"} (default id "local", executor "manual")',
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace an --out that already holds an artifact"
+    )
+    p.add_argument(
+        "--inject-failure",
+        metavar="SCENARIO",
+        dest="inject_failure",
+        help="TEST ONLY: raise a deliberate error inside SCENARIO to prove a failure is "
+        "recorded while the other scenarios still run",
+    )
+    return p
+
+
+def parse_meta(text: str | None) -> Any:
+    from scenarios.runner import Meta
+
+    if not text:
+        return Meta()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"--meta is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SettingsError("--meta must be a JSON object")
+    unknown = set(raw) - {"id", "axes", "executor", "repeat", "environment_id"}
+    if unknown:
+        raise SettingsError(f"--meta: unknown keys {', '.join(sorted(unknown))}")
+    executor = raw.get("executor", "manual")
+    if executor not in EXECUTORS:
+        raise SettingsError(
+            f"--meta executor: expected one of {', '.join(EXECUTORS)}, got {executor!r}"
+        )
+    axes = raw.get("axes", {})
+    if not isinstance(axes, dict) or not all(
+        isinstance(v, (str, int, bool)) for v in axes.values()
+    ):
+        raise SettingsError("--meta axes: expected an object of strings, integers or booleans")
+    repeat = raw.get("repeat", 0)
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 0:
+        raise SettingsError("--meta repeat: expected an integer >= 0")
+    cell_id = raw.get("id", "local")
+    if not isinstance(cell_id, str) or not cell_id:
+        raise SettingsError("--meta id: expected a non-empty string")
+    env_id = raw.get("environment_id")
+    if env_id is not None and not isinstance(env_id, str):
+        raise SettingsError("--meta environment_id: expected a string or null")
+    return Meta(id=cell_id, axes=axes, executor=executor, repeat=repeat, environment_id=env_id)
+
+
+def _refuse(code: int, message: str) -> int:
+    print(f"scenarios: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.perf_counter()
+    started_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+    args = build_parser().parse_args(argv)
+    overrides = {
+        key: getattr(args, key)
+        for key in (
+            "precision",
+            "determinism",
+            "onednn",
+            "threads",
+            "device",
+            "jit",
+            "cudnn",
+            "scenarios",
+            "unseeded_repeats",
+            "quick",
+            "inject_failure",
+        )
+    }
+    try:
+        settings = parse_settings(args.settings, overrides)
+        meta = parse_meta(args.meta)
+    except SettingsError as exc:
+        return _refuse(EXIT_BAD_ARGS, str(exc))
+
+    # Before NumPy's BLAS or any framework loads: they read these once.
+    env_changes = apply_environment(settings, backend_hint())
+
+    from scenarios.artifact import ArtifactError, check_out_dir, write_artifact
+    from scenarios.logtee import LogTee
+    from scenarios.runner import run_cell
+
+    out = args.out.resolve()
+    try:
+        check_out_dir(out, force=args.force)
+    except ArtifactError as exc:
+        return _refuse(EXIT_OUT_REFUSED, str(exc))
+
+    with LogTee() as tee:
+        result = run_cell(
+            settings=settings,
+            meta=meta,
+            env_changes=env_changes,
+            started_at=started_at,
+            t_start=t_start,
+        )
+        summary = ", ".join(f"{k}={v['status']}" for k, v in result.manifest["scenarios"].items())
+        print(f"scenarios: {summary}; total {result.manifest['timings']['total']:.1f}s")
+    try:
+        write_artifact(
+            out, store=result.store, manifest=result.manifest, log=tee.text(), force=args.force
+        )
+    except ArtifactError as exc:
+        return _refuse(EXIT_OUT_REFUSED, str(exc))
+    except OSError as exc:
+        return _refuse(EXIT_WRITE_FAILED, f"cannot write the artifact to {out}: {exc}")
+    return 0

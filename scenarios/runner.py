@@ -1,0 +1,274 @@
+"""Run every selected scenario in one process and assemble the manifest.
+
+The framework is imported once per cell. Each scenario's failure becomes a
+status and an error in its own entry; the others still run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from scenarios import SCHEMA_ID, SCHEMA_VERSION, compat, fingerprint
+from scenarios.artifact import TensorStore
+from scenarios.context import FRAMEWORK_PARTS, ScenarioContext, error_record
+from scenarios.settings import EnvChanges, Settings, apply_runtime
+
+__all__ = ["CellResult", "Meta", "run_cell", "scenario_functions"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Meta:
+    """Who this run is, as the host says (--meta)."""
+
+    id: str = "local"
+    axes: dict[str, Any] = field(default_factory=dict)
+    executor: str = "manual"
+    repeat: int = 0
+    environment_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "axes": dict(self.axes),
+            "executor": self.executor,
+            "repeat": self.repeat,
+            "environment_id": self.environment_id,
+        }
+
+
+@dataclass(kw_only=True)
+class CellResult:
+    manifest: dict[str, Any]
+    store: TensorStore
+
+
+def scenario_functions() -> dict[str, Callable[[ScenarioContext], None]]:
+    # Imported here so a broken scenario module fails that scenario only.
+    from scenarios import initializers, precision, seeded_mlp, stateful_lstm
+
+    return {
+        "seeded_mlp": seeded_mlp.run,
+        "stateful_lstm": stateful_lstm.run,
+        "precision": precision.run,
+        "initializers": initializers.run,
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _entry(
+    status: str,
+    seconds: float,
+    *,
+    error: dict[str, str] | None = None,
+    ctx: ScenarioContext | None = None,
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "error": error,
+        "seconds": round(seconds, 6),
+        "timings": {k: round(v, 6) for k, v in (ctx.timings if ctx else {}).items()},
+        "tensors": list(ctx.keys) if ctx else [],
+        "notes": list(ctx.notes) if ctx else [],
+        "phases": dict(ctx.phases) if ctx else {},
+        "data": dict(ctx.data) if ctx else {},
+    }
+
+
+def _run_scenario(
+    name: str,
+    fn: Callable[[ScenarioContext], None] | None,
+    fw: compat.Framework,
+    settings: Settings,
+    store: TensorStore,
+) -> tuple[dict[str, Any], ScenarioContext]:
+    ctx = ScenarioContext(name=name, fw=fw, settings=settings, store=store)
+    notes_before = len(fw.notes)
+    start = time.perf_counter()
+    try:
+        if fn is None:
+            raise ImportError(f"scenario module {name} could not be imported")
+        fn(ctx)
+        status, error = "ok", None
+        failed = ctx.failed_phases()
+        if failed:
+            # The scenario ran to its end, but not every phase gave tensors.
+            first = ctx.phases[failed[0]]["error"]
+            status = "failed"
+            error = {
+                "type": first["type"],
+                "message": f"phase {', '.join(failed)} failed: {first['message']}",
+                "traceback": first["traceback"],
+            }
+    except Exception as exc:  # broad on purpose: one scenario's failure is data
+        status, error = "failed", error_record(exc)
+    finally:
+        # Cleanup must never hide the scenario's own result.
+        with contextlib.suppress(Exception):
+            fw.clear()
+    # Workarounds compat had to apply during this scenario are its notes.
+    for note in fw.notes[notes_before:]:
+        ctx.note(note)
+    return _entry(status, time.perf_counter() - start, error=error, ctx=ctx), ctx
+
+
+def _observed_jit(contexts: list[ScenarioContext]) -> str | None:
+    seen = {bool(v) for c in contexts for v in c.observed_jit if v is not None and v != "auto"}
+    if seen == {True}:
+        return "on"
+    if seen == {False}:
+        return "off"
+    return "mixed" if seen else None
+
+
+def run_cell(
+    *, settings: Settings, meta: Meta, env_changes: EnvChanges, started_at: str, t_start: float
+) -> CellResult:
+    store = TensorStore()
+    timings: dict[str, float] = {}
+    notes = list(env_changes.notes)
+    requested = settings.to_json()
+
+    t = time.perf_counter()
+    try:
+        fw = compat.load()
+    except Exception as exc:  # broad on purpose: an environment that cannot import is a result
+        timings["import"] = time.perf_counter() - t
+        return _import_failure(
+            exc,
+            settings=settings,
+            meta=meta,
+            env_changes=env_changes,
+            started_at=started_at,
+            t_start=t_start,
+            timings=timings,
+            store=store,
+        )
+    timings["import"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    applied, determinism, runtime_notes = apply_runtime(settings, fw)
+    notes += runtime_notes
+    determinism["environment"] = {"set": env_changes.set, "removed": env_changes.removed}
+    timings["settings"] = time.perf_counter() - t
+
+    scenarios: dict[str, Any] = {}
+    contexts: list[ScenarioContext] = []
+    try:
+        functions: dict[str, Callable[[ScenarioContext], None] | None] = dict(scenario_functions())
+    except Exception as exc:  # broad on purpose: a broken scenario module fails the scenarios
+        notes.append(f"scenario modules failed to import: {type(exc).__name__}: {exc}")
+        functions = {}
+    t = time.perf_counter()
+    if settings.device == "gpu" and applied["device"] != "gpu":
+        # A GPU cell silently run on the CPU would poison every comparison.
+        for name in settings.scenarios:
+            scenarios[name] = _entry(
+                "unsupported",
+                0.0,
+                error={
+                    "type": "DeviceUnavailable",
+                    "message": f"--device gpu but {fw.backend} sees no GPU",
+                },
+            )
+    else:
+        for name in settings.scenarios:
+            scenarios[name], ctx = _run_scenario(name, functions.get(name), fw, settings, store)
+            contexts.append(ctx)
+    timings["scenarios"] = time.perf_counter() - t
+
+    jit = _observed_jit(contexts)
+    if jit in ("on", "off"):
+        applied["jit"] = jit
+    elif jit == "mixed":
+        notes.append("models compiled with different effective jit_compile values")
+    policy = scenarios.get("precision", {}).get("data", {}).get("policy")
+    if policy:
+        applied["precision"] = policy
+
+    t = time.perf_counter()
+    fp = fingerprint.collect(
+        fw, applied=applied, determinism=determinism, environment_id=meta.environment_id
+    )
+    fp["jit"] = jit if jit is not None else settings.jit
+    timings["fingerprint"] = time.perf_counter() - t
+
+    framework = sum(
+        v for c in contexts for k, v in c.timings.items() if k.rsplit(".", 1)[-1] in FRAMEWORK_PARTS
+    )
+    timings["framework"] = framework
+    timings["total"] = time.perf_counter() - t_start
+    manifest = {
+        "schema": SCHEMA_ID,
+        "schema_version": SCHEMA_VERSION,
+        "cell": meta.to_json(),
+        "fingerprint": fp,
+        "settings": {"requested": requested, "applied": applied},
+        "scenarios": scenarios,
+        "tensors": {},  # filled by artifact.write_artifact
+        "timings": {k: round(v, 6) for k, v in timings.items()},
+        "notes": notes,
+        "started_at": started_at,
+        "finished_at": _now(),
+    }
+    return CellResult(manifest=manifest, store=store)
+
+
+def _import_failure(
+    exc: BaseException,
+    *,
+    settings: Settings,
+    meta: Meta,
+    env_changes: EnvChanges,
+    started_at: str,
+    t_start: float,
+    timings: dict[str, float],
+    store: TensorStore,
+) -> CellResult:
+    error = error_record(exc)
+    error["type"] = (
+        f"ImportError:{error['type']}" if error["type"] != "ImportError" else error["type"]
+    )
+    scenarios = {name: _entry("failed", 0.0, error=error) for name in settings.scenarios}
+    fp = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "packages": fingerprint.framework_packages(),
+        "keras_version": None,
+        "keras_major": None,
+        "backend": compat.backend_hint(),
+        "device": {"kind": "cpu", "name": None},
+        "cpu": fingerprint.cpu_info(),
+        "onednn": None,
+        "threads": None,
+        "determinism": {},
+        "jit": None,
+        "env": fingerprint.relevant_env(),
+        "environment_id": meta.environment_id,
+    }
+    timings["total"] = time.perf_counter() - t_start
+    manifest = {
+        "schema": SCHEMA_ID,
+        "schema_version": SCHEMA_VERSION,
+        "cell": meta.to_json(),
+        "fingerprint": fp,
+        # Nothing was applied: the framework never loaded.
+        "settings": {"requested": settings.to_json(), "applied": {}},
+        "scenarios": scenarios,
+        "tensors": {},
+        "timings": {k: round(v, 6) for k, v in timings.items()},
+        "notes": [*env_changes.notes, "the framework failed to import; nothing ran"],
+        "started_at": started_at,
+        "finished_at": _now(),
+    }
+    return CellResult(manifest=manifest, store=store)
