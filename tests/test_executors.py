@@ -93,7 +93,7 @@ def test_timeout_kills_the_run(tmp_path: Path) -> None:
     path = tmp_path / "m.toml"
     path.write_text(SPEC.replace("timeout = 600", "timeout = 10"))
     sleeper = tmp_path / "sleepy-python"
-    sleeper.write_text("#!/bin/sh\nexec sleep 60\n")
+    sleeper.write_text('#!/bin/sh\n[ "$1" = -c ] && exec python3 "$@"\nexec sleep 60\n')
     sleeper.chmod(0o755)
     results = tmp_path / "results"
     summary = execute(make_plan(load_spec(path, CATALOG), CATALOG), HostExecutor(str(sleeper)),

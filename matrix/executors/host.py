@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from pathlib import Path
 
 from matrix.errors import BuildError
-from matrix.executors.base import CellRun, Environment
-from matrix.executors.process import run_runner, runner_env
+from matrix.executors.base import Environment
+from matrix.executors.process import ProcessExecutor
 
 __all__ = ["HostExecutor"]
 
@@ -20,7 +19,7 @@ _LIST_PACKAGES = (
 )
 
 
-class HostExecutor:
+class HostExecutor(ProcessExecutor):
     name = "host"
 
     def __init__(self, python: str) -> None:
@@ -36,21 +35,11 @@ class HostExecutor:
             except OSError as exc:
                 raise BuildError(f"host interpreter {self.python}: {exc.strerror or exc}") from None
             if proc.returncode != 0:
-                raise BuildError(f"host interpreter {self.python} does not run: {proc.stderr.strip()[-200:]}")
+                tail = proc.stderr.strip()[-200:] or f"exit {proc.returncode}"
+                raise BuildError(f"host interpreter {self.python} does not run: {tail}")
             # What defines this environment is the set of installed packages.
             self._id = "host:" + hashlib.sha256(proc.stdout.encode()).hexdigest()[:12]
         return self._id
 
-    def run_cell(
-        self,
-        env: Environment,
-        environment_id: str,
-        runner_args: list[str],
-        out_dir: Path,
-        *,
-        timeout: float,
-        memory: str,
-        gpu: bool,
-        extra_env: dict[str, str],
-    ) -> CellRun:
-        return run_runner(self.python, runner_args, out_dir, runner_env(env.stack.env, extra_env), timeout)
+    def python_for(self, env: Environment) -> str:
+        return self.python

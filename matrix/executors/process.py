@@ -10,9 +10,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from matrix.executors.base import SCENARIOS_ROOT, CellRun
+from matrix.executors.base import SCENARIOS_ROOT, CellRun, Environment
 
-__all__ = ["run_runner", "runner_env", "terminate_all"]
+__all__ = ["ProcessExecutor", "run_runner", "runner_env", "terminate_all"]
 
 # Runner processes live in sessions of their own (see run_runner), so Ctrl-C
 # does not reach them: the scheduler ends them through this registry.
@@ -103,3 +103,30 @@ def run_runner(
 def _tail(output: bytes | None, lines: int = 40) -> str:
     text = (output or b"").decode("utf-8", "replace")
     return "\n".join(text.splitlines()[-lines:])
+
+
+class ProcessExecutor:
+    """An executor whose runs are local processes of some interpreter:
+    subclasses say which interpreter serves an environment."""
+
+    name = "process"
+
+    def python_for(self, env: Environment) -> Path | str:
+        raise NotImplementedError
+
+    def run_cell(
+        self,
+        env: Environment,
+        environment_id: str,
+        runner_args: list[str],
+        out_dir: Path,
+        *,
+        timeout: float,
+        memory: str,
+        gpu: bool,
+        extra_env: dict[str, str],
+    ) -> CellRun:
+        # No memory limit: without a container there is no cgroup of our own,
+        # and RLIMIT_AS breaks frameworks that reserve address space up front.
+        env_vars = runner_env(env.stack.env, extra_env)
+        return run_runner(self.python_for(env), runner_args, out_dir, env_vars, timeout)
