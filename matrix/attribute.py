@@ -107,6 +107,7 @@ def neighbour_pairs(
     """For each axis, the (lower, higher) neighbour pairs that differ in that axis alone."""
     out: dict[str, list[tuple[CellArtifact, CellArtifact]]] = {}
     for axis in axes:
+        rank = _value_rank(cells, axis)
         groups: dict[tuple[tuple[str, str], ...], list[CellArtifact]] = {}
         for cell in cells:
             if axis not in cell.axes:
@@ -115,14 +116,29 @@ def neighbour_pairs(
             groups.setdefault(context, []).append(cell)
         pairs: list[tuple[CellArtifact, CellArtifact]] = []
         for context in sorted(groups):
-            members = sorted(
-                groups[context], key=lambda c: (axis_value_key(c.axes[axis]), c.cell_id)
-            )
+            members = sorted(groups[context], key=lambda c: (rank(c.axes[axis]), c.cell_id))
             for low, high in itertools.pairwise(members):
                 if low.axes[axis] != high.axes[axis]:
                     pairs.append((low, high))
         out[axis] = pairs
     return out
+
+
+def _value_rank(
+    cells: Sequence[CellArtifact], axis: str
+) -> Callable[[AxisValue], tuple[int, tuple[int, tuple[tuple[int, int | str], ...]]]]:
+    """Order an axis's values as the spec lists them (cells come in plan
+    order: tf-2.15 -> tf-2.16 -> tf-2.21 -> jax, not alphabetical), with the
+    natural order as the tie-break for values the plan does not rank."""
+    first: dict[str, int] = {}
+    for cell in cells:
+        if axis in cell.axes:
+            first.setdefault(repr(cell.axes[axis]), len(first))
+
+    def rank(value: AxisValue) -> tuple[int, tuple[int, tuple[tuple[int, int | str], ...]]]:
+        return (first.get(repr(value), len(first)), axis_value_key(value))
+
+    return rank
 
 
 def attribute(
@@ -145,9 +161,8 @@ def attribute(
             change = (repr(low.axes[axis]), repr(high.axes[axis]))
             values[change] = (low.axes[axis], high.axes[axis])
             by_change.setdefault(change, []).append((low, high, compare(high, low)))
-        ordered = sorted(
-            by_change, key=lambda ch: (axis_value_key(values[ch][0]), axis_value_key(values[ch][1]))
-        )
+        rank = _value_rank(cells, axis)
+        ordered = sorted(by_change, key=lambda ch: (rank(values[ch][0]), rank(values[ch][1])))
         for change in ordered:
             before, after = values[change]
             rows.append(_fold(axis, before, after, by_change[change]))
@@ -169,6 +184,8 @@ def _fold(
             if result.varies:  # unseeded on purpose: says nothing about the axis
                 if result.column not in varying:
                     varying.append(result.column)
+                continue
+            if result.failed_both:  # fails with either value: not this axis's doing
                 continue
             per_phase.setdefault(result.phase, []).append(result)
             per_column.setdefault((result.scenario, result.phase), []).append(result)

@@ -203,10 +203,14 @@ def _default_results(name: str, shard_spec: tuple[int, int] | None) -> Path:
 def list_json(plan: Plan) -> dict[str, list[dict[str, object]]]:
     """Cells as a GitHub Actions ``matrix.include`` (also fine for GitLab or
     a Kubernetes indexed Job): one job per cell, GPU cells flagged."""
+    # Each job runs its cell as shard k/N of the same matrix (round-robin
+    # sharding over N cells gives one cell per shard), so every job writes
+    # the same plan.json and the merged report equals an unsharded run.
+    n = len(plan.cells)
     return {
         "include": [
-            {"cell": c.id, "environment": c.environment, "gpu": c.gpu, **{k: v for k, v in c.axes.items()}}
-            for c in plan.cells
+            {"cell": c.id, "shard": f"{k}/{n}", "environment": c.environment, "gpu": c.gpu, **c.axes}
+            for k, c in enumerate(plan.cells, start=1)
         ]
     }
 

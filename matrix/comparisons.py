@@ -49,6 +49,9 @@ class PhaseResult:
     tensors: tuple[tuple[str, TensorComparison], ...]
     localisation: Localisation | None = None
     varies: bool = False  # unseeded on purpose: shown, but kept out of every verdict
+    # Failed on both sides: the pair's difference did not cause it, so it is
+    # no evidence about the axis (attribution) or about determinism (repeats).
+    failed_both: bool = False
 
     @property
     def column(self) -> str:
@@ -169,13 +172,20 @@ def compare_cells(
         for phase in phases or ["run"]:
             cand_keys = cand_phases.get((scenario, phase), ())
             base_keys = base_phases.get((scenario, phase), ())
-            blocked = _status_verdict(
-                candidate, scenario, phase, "candidate", bool(cand_keys)
-            ) or _status_verdict(baseline, scenario, phase, "baseline", bool(base_keys))
+            cand_block = _status_verdict(candidate, scenario, phase, "candidate", bool(cand_keys))
+            base_block = _status_verdict(baseline, scenario, phase, "baseline", bool(base_keys))
+            blocked = cand_block or base_block
             if blocked is not None:
                 cls, reason = blocked
+                both = (
+                    cand_block is not None
+                    and base_block is not None
+                    and cand_block[0] is DriftClass.FAILED
+                    and base_block[0] is DriftClass.FAILED
+                )
                 result = PhaseResult(
-                    scenario=scenario, phase=phase, verdict=cls, reason=reason, tensors=()
+                    scenario=scenario, phase=phase, verdict=cls, reason=reason, tensors=(),
+                    failed_both=both,
                 )
             else:
                 keys = sorted(set(cand_keys) | set(base_keys))

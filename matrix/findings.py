@@ -140,7 +140,7 @@ def build_findings(
         determinism[cell.cell_id] = all(
             p.verdict in (DriftClass.IDENTICAL, DriftClass.UNSUPPORTED)
             for p in merged
-            if not p.varies
+            if not p.varies and not p.failed_both
         )
 
     axes = list(plan.axes) or sorted({a for c in cells for a in c.axes})

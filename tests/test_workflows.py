@@ -80,3 +80,20 @@ def test_list_json_is_a_ci_matrix(spec: str) -> None:
     ids = [c["cell"] for c in cells]
     assert len(ids) == len(set(ids)) > 0
     assert all(c["gpu"] == (c["device"] == "gpu") for c in cells)
+
+
+def test_each_fan_out_job_runs_exactly_its_cell() -> None:
+    from matrix.cells import parse_shard
+    from matrix.cli import list_json
+    from matrix.run import make_plan
+    from matrix.spec import load_spec
+    from matrix.stacks import load_catalog
+
+    catalog = load_catalog()
+    spec = load_spec(ROOT / "matrix" / "full.toml", catalog)
+    full = make_plan(spec, catalog)
+    for entry in list_json(full)["include"]:
+        job = make_plan(spec, catalog, shard_spec=parse_shard(str(entry["shard"])))
+        assert [c.id for c in job.cells] == [entry["cell"]]
+        # every job writes the whole matrix and the same reference into plan.json
+        assert job.all_cells == full.all_cells and job.reference == full.reference
