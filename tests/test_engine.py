@@ -81,7 +81,7 @@ def test_run_command_gpu_adds_all_gpus() -> None:
             125,
             False,
             "docker: Error response: no such image",
-            "exit 125: docker run failed: docker: Error response: no such image",
+            "exit 125: docker run failed: Error response: no such image",
         ),
         (125, False, 'could not select device driver "" with capabilities: [[gpu]]', None),
     ],
