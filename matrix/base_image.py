@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -38,7 +39,27 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 BASE_TAG = "krm-base:bookworm-py311"
 SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
+APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
+
+
+def default_mirror(sources: tuple[Path, ...] = APT_SOURCES) -> str | None:
+    """The Debian mirror this host already uses ($KRM_DEBIAN_MIRROR first):
+    the same mirror, proxy or local cache that apt is set up for here."""
+    env = os.environ.get("KRM_DEBIAN_MIRROR")
+    if env:
+        return env
+    for path in sources:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        # deb822 ("URIs: URL") or one-line ("deb [opts] URL suite ...") format
+        found = re.search(r"^URIs:\s*(\S+)", text, re.MULTILINE) or re.search(
+            r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)", text, re.MULTILINE
+        )
+        if found:
+            return found.group(1).rstrip("/")
+    return None
 PACKAGES_FILE = ROOT / "docker" / "base" / "packages.txt"
 
 
@@ -214,7 +235,7 @@ def ensure_base_image(
     *,
     tag: str = BASE_TAG,
     cache_dir: Path | None = None,
-    mirror: str = MIRROR,
+    mirror: str | None = None,
     force: bool = False,
     log: Log = print,
 ) -> BaseImage:
@@ -231,6 +252,12 @@ def ensure_base_image(
         return BaseImage(tag=tag, image_id=existing, built=False, seconds=0.0)
     cache = cache_dir or default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
+    mirror = mirror or default_mirror()
+    if mirror is None:
+        raise BuildError(
+            "no Debian mirror known: this host has no apt sources; "
+            "pass --mirror URL or set KRM_DEBIAN_MIRROR"
+        )
     rootfs_tar = cache / f"rootfs-{SUITE}-{_package_key(mirror)}-{_ROOTFS_RECIPE}.tar"
     if rootfs_tar.exists() and not force:
         log(f"base: re-importing the cached root filesystem {rootfs_tar.name}")
@@ -261,7 +288,8 @@ def base_image_command(argv: list[str]) -> int:
     """``nox -s base-image -- [--force] [--mirror URL] [--tag TAG]``."""
     parser = _Parser(prog="nox -s base-image --", description=__doc__.splitlines()[0])
     parser.add_argument("--tag", default=BASE_TAG, help=f"image tag (default {BASE_TAG})")
-    parser.add_argument("--mirror", default=MIRROR, help=f"Debian mirror (default {MIRROR})")
+    parser.add_argument("--mirror", default=None,
+                        help="Debian mirror URL (default: $KRM_DEBIAN_MIRROR, else the host's apt sources)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the tag exists")
     opts = parser.parse_args(argv)
     image = ensure_base_image(tag=opts.tag, mirror=opts.mirror, force=opts.force)
