@@ -7,6 +7,7 @@ in the images and venvs the matrix builds.
 from __future__ import annotations
 
 
+import hashlib
 from pathlib import Path
 
 import nox
@@ -20,7 +21,15 @@ PYTHON = "3.11"
 
 
 def _install(session: nox.Session, extras: str = "") -> None:
+    """Install the project editable, once per venv and pyproject.toml: code
+    changes are live anyway, and skipping a no-op install keeps a warm
+    `nox -s matrix` within a few seconds."""
+    stamp = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    marker = Path(session.virtualenv.location) / ".krm-installed"
+    if marker.is_file() and marker.read_text() == stamp:
+        return
     session.install("-e", f".{extras}")
+    marker.write_text(stamp)
 
 
 @nox.session(python=PYTHON)
