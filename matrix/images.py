@@ -215,17 +215,22 @@ def plan_image(
     base = base or default_base()
     stack.lock_hash(target)  # a missing lock is a SpecError with the fix
     base_digest = _base_digest(base, log)
+    digest, tag = _identity(stack, target, base_digest, mode)
+    return ImagePlan(
+        stack=stack.name, target=target, base=base, base_digest=base_digest, mode=mode,
+        content_hash=digest, tag=tag, image_id=engine.image_id(tag),
+    )  # fmt: skip
+
+
+def _identity(stack: Stack, target: str, base_digest: str, mode: str) -> tuple[str, str]:
+    """(content hash, tag): everything that defines the image, hashed."""
     digest = content_hash(
         base_digest=base_digest,
         dockerfile=DOCKERFILE.read_bytes(),
         lock=stack.lock_path(target).read_bytes(),
         mode=mode,
     )
-    tag = image_tag(stack.name, target, digest)
-    return ImagePlan(
-        stack=stack.name, target=target, base=base, base_digest=base_digest, mode=mode,
-        content_hash=digest, tag=tag, image_id=engine.image_id(tag),
-    )  # fmt: skip
+    return digest, image_tag(stack.name, target, digest)
 
 
 def planned_image(
@@ -240,13 +245,7 @@ def planned_image(
     if base_digest is None:
         return f"to build (after the base {base}, which is missing)"
     stack.lock_hash(target)
-    digest = content_hash(
-        base_digest=base_digest,
-        dockerfile=DOCKERFILE.read_bytes(),
-        lock=stack.lock_path(target).read_bytes(),
-        mode=mode,
-    )
-    tag = image_tag(stack.name, target, digest)
+    _, tag = _identity(stack, target, base_digest, mode)
     return f"image {tag} ready" if engine.image_id(tag) else f"image {tag} to build"
 
 
