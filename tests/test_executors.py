@@ -99,3 +99,29 @@ def test_timeout_kills_the_run(tmp_path: Path) -> None:
     summary = execute(make_plan(load_spec(path, CATALOG), CATALOG), HostExecutor(str(sleeper)),
                       CATALOG, results, jobs=1)
     assert summary.failed and summary.failed[0].reason == "timeout after 10 s"
+
+
+def test_gpu_cell_on_a_machine_without_a_gpu(tmp_path: Path, stack_python) -> None:  # type: ignore[no-untyped-def]
+    """The GPU path as far as a CPU allows: a cuda/gpu cell runs, every
+    scenario says it is unsupported here (never a crash or a silent CPU run),
+    and the report shows it as such."""
+    from matrix.report import build_report
+
+    python = stack_python("keras-3.15-torch")  # PyPI's torch is the CUDA build
+    path = tmp_path / "gpu.toml"
+    path.write_text(SPEC.replace('stack = ["tf-2.15"]', 'stack = ["keras-3.15-torch"]\ntarget = ["cuda"]\ndevice = ["gpu"]'))
+    results = tmp_path / "results"
+    plan_ = make_plan(load_spec(path, CATALOG), CATALOG)
+    assert [c.id for c in plan_.cells] == ["keras-3.15-torch__gpu"]
+    summary = execute(plan_, HostExecutor(str(python)), CATALOG, results, jobs=1)
+    assert summary.count("ok") == 1, summary.failed
+    manifest = json.loads((results / "keras-3.15-torch__gpu" / "manifest.json").read_text())
+    jsonschema.validate(manifest, SCHEMA)
+    record = manifest["scenarios"]["initializers"]
+    assert record["status"] == "unsupported"
+    assert "no GPU" in record["error"]["message"]
+    assert manifest["settings"]["requested"]["device"] == "gpu"
+    report = build_report([results], tmp_path / "report")
+    assert report.cells == 1
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "keras-3.15-torch" in md
