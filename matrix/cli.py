@@ -170,7 +170,8 @@ def cmd_run(argv: list[str]) -> int:
         from matrix.report import build_report
 
         out = results / "report"
-        report = build_report([results], out, reference=plan.reference, fail_on=opts.fail_on,
+        # The reference comes from plan.json, so the report names its source.
+        report = build_report([results], out, reference=None, fail_on=opts.fail_on,
                               tolerances=spec.tolerances or None)
         stages["report"] = time.monotonic() - t0
         console.print(f"report: {out / 'index.html'} ({out / 'report.md'})")
