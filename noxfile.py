@@ -6,7 +6,6 @@ in the images and venvs the matrix builds.
 
 from __future__ import annotations
 
-
 import hashlib
 from pathlib import Path
 
@@ -46,7 +45,8 @@ def matrix(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def report(session: nox.Session) -> None:
-    """nox -s report -- RESULTS_DIR [RESULTS_DIR ...] [--out DIR] [--reference CELL] [--fail-on CLASS]"""
+    """nox -s report -- RESULTS_DIR [RESULTS_DIR ...] [--out DIR] [--reference CELL]
+    [--fail-on CLASS] [--tolerance DTYPE.KEY=VALUE]"""
     _install(session)
     session.run("python", "-m", "matrix", "report", *session.posargs)
 
@@ -90,7 +90,9 @@ def bench(session: nox.Session) -> None:
     names = session.posargs or sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
     for name in names:
         session.log(f"--- {name}")
-        session.run("python", str(ROOT / "benchmarks" / f"{name}.py"), env={"PYTHONPATH": str(ROOT)})
+        session.run(
+            "python", str(ROOT / "benchmarks" / f"{name}.py"), env={"PYTHONPATH": str(ROOT)}
+        )
 
 
 @nox.session(python=PYTHON)
@@ -99,6 +101,3 @@ def lint(session: nox.Session) -> None:
     session.install("ruff", "mypy")
     session.run("ruff", "check", "matrix", "scenarios", "tests", "noxfile.py")
     session.run("mypy", "matrix")
-
-
-

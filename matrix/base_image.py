@@ -289,7 +289,8 @@ def base_image_command(argv: list[str]) -> int:
     parser = _Parser(prog="nox -s base-image --", description=__doc__.splitlines()[0])
     parser.add_argument("--tag", default=BASE_TAG, help=f"image tag (default {BASE_TAG})")
     parser.add_argument("--mirror", default=None,
-                        help="Debian mirror URL (default: $KRM_DEBIAN_MIRROR, else the host's apt sources)")
+                        help="Debian mirror URL (default: $KRM_DEBIAN_MIRROR, "
+                        "else the host's apt sources)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the tag exists")
     opts = parser.parse_args(argv)
     image = ensure_base_image(tag=opts.tag, mirror=opts.mirror, force=opts.force)

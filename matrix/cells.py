@@ -76,7 +76,9 @@ def expand(spec: Spec, catalog: Mapping[str, Stack]) -> list[Cell]:
     added as a combination of its own. Unset axes take their defaults.
     """
     names = list(spec.axes)
-    product = [dict(zip(names, vals, strict=True)) for vals in itertools.product(*spec.axes.values())]
+    product = [
+        dict(zip(names, vals, strict=True)) for vals in itertools.product(*spec.axes.values())
+    ]
     kept = [c for c in product if not any(_matches(c, rule) for rule in spec.exclude)]
     extended: list[dict[str, AxisValue]] = [dict(c) for c in kept]
     added: list[dict[str, AxisValue]] = []
@@ -161,7 +163,9 @@ def _predicate(expr: str) -> Callable[[Cell], bool]:
         axis, sep, pattern = term.partition("=")
         axis = axis.strip()
         if not sep or axis not in AXIS_DEFAULTS:
-            raise SpecError(f"--only {expr!r}: {term!r} is not axis=value (axes: {', '.join(AXES)})")
+            raise SpecError(
+                f"--only {expr!r}: {term!r} is not axis=value (axes: {', '.join(AXES)})"
+            )
         terms.append((axis, pattern.strip()))
     return lambda c: all(fnmatch.fnmatchcase(str(c.axes[a]), p) for a, p in terms)
 
@@ -187,13 +191,22 @@ def runner_args(cell: Cell, spec: Spec) -> list[str]:
     """The ``python -m scenarios`` options that apply the cell's settings."""
     a = cell.axes
     return [
-        "--precision", str(a["precision"]),
-        "--determinism", str(a["determinism"]),
-        "--onednn", str(a["onednn"]),
-        "--threads", str(a["threads"]),
-        "--device", str(a["device"]),
-        "--jit", str(a["jit"]),
-        "--cudnn", str(a["cudnn"]),
-        "--scenarios", ",".join(spec.scenarios),
-        "--unseeded-repeats", str(spec.unseeded_repeats),
+        "--precision",
+        str(a["precision"]),
+        "--determinism",
+        str(a["determinism"]),
+        "--onednn",
+        str(a["onednn"]),
+        "--threads",
+        str(a["threads"]),
+        "--device",
+        str(a["device"]),
+        "--jit",
+        str(a["jit"]),
+        "--cudnn",
+        str(a["cudnn"]),
+        "--scenarios",
+        ",".join(spec.scenarios),
+        "--unseeded-repeats",
+        str(spec.unseeded_repeats),
     ]

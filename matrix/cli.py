@@ -86,22 +86,59 @@ class _Parser(argparse.ArgumentParser):
 
 def _run_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nox -s matrix --", description="Run a reproducibility matrix and report it.")
-    p.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="matrix spec (TOML); default: matrix/default.toml")
-    p.add_argument("--only", action="append", default=[], metavar="EXPR",
-                   help="keep cells matching a cell-id glob or axis=glob[,axis=glob]; repeatable (OR)")
-    p.add_argument("--executor", choices=("auto", "docker", "venv", "host"), default=None,
-                   help="where cells run; auto = docker when an engine answers, else venv")
-    p.add_argument("--python", default=None, help="interpreter for --executor host (default: python3 on PATH)")
-    p.add_argument("--jobs", type=int, default=None, help="cells in parallel (default: from cores and memory)")
+    p.add_argument(
+        "--spec",
+        type=Path,
+        default=DEFAULT_SPEC,
+        help="matrix spec (TOML); default: matrix/default.toml",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="keep cells matching a cell-id glob or axis=glob[,axis=glob]; repeatable (OR)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("auto", "docker", "venv", "host"),
+        default=None,
+        help="where cells run; auto = docker when an engine answers, else venv",
+    )
+    p.add_argument(
+        "--python", default=None, help="interpreter for --executor host (default: python3 on PATH)"
+    )
+    p.add_argument(
+        "--jobs", type=int, default=None, help="cells in parallel (default: from cores and memory)"
+    )
     p.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (1-based)")
-    p.add_argument("--repeats", type=int, default=None, help="fresh runs per cell (default: the spec's, 2)")
-    p.add_argument("--results", type=Path, default=None, help="results directory (default: results/<spec name>)")
-    p.add_argument("--reference", default=None, help="reference cell id (default: the spec's, or the first)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (cells, images, cache) and stop")
-    p.add_argument("--no-cache", action="store_true", help="run every cell even if its artifact is current")
-    p.add_argument("--fail-on", choices=DRIFT_CLASSES, default=None,
-                   help="exit 1 when any comparison is at or beyond this drift class")
-    p.add_argument("--list-json", action="store_true", help="print the cells as JSON for a CI matrix and stop")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="fresh runs per cell (default: the spec's, 2)"
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results directory (default: results/<spec name>)",
+    )
+    p.add_argument(
+        "--reference", default=None, help="reference cell id (default: the spec's, or the first)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan (cells, images, cache) and stop"
+    )
+    p.add_argument(
+        "--no-cache", action="store_true", help="run every cell even if its artifact is current"
+    )
+    p.add_argument(
+        "--fail-on",
+        choices=DRIFT_CLASSES,
+        default=None,
+        help="exit 1 when any comparison is at or beyond this drift class",
+    )
+    p.add_argument(
+        "--list-json", action="store_true", help="print the cells as JSON for a CI matrix and stop"
+    )
     p.add_argument("--no-report", action="store_true", help="run cells only; render nothing")
     return p
 
@@ -125,8 +162,14 @@ def cmd_run(argv: list[str]) -> int:
     if opts.jobs is not None and opts.jobs < 1:
         raise SpecError("--jobs must be at least 1")
     shard_spec = parse_shard(opts.shard) if opts.shard else None
-    plan = make_plan(spec, catalog, only=opts.only, shard_spec=shard_spec,
-                     repeats=opts.repeats, reference=opts.reference)
+    plan = make_plan(
+        spec,
+        catalog,
+        only=opts.only,
+        shard_spec=shard_spec,
+        repeats=opts.repeats,
+        reference=opts.reference,
+    )
 
     if opts.list_json:
         print(json.dumps(list_json(plan), indent=None))
@@ -143,7 +186,8 @@ def cmd_run(argv: list[str]) -> int:
     jobs = opts.jobs or default_jobs()
     console.print(
         f"[bold]{spec.name}[/]: {len(plan.cells)} cells x {plan.repeats} repeats "
-        f"in {len(plan.environments)} environments, executor {executor.name}, {jobs} jobs -> {results}"
+        f"in {len(plan.environments)} environments, executor {executor.name}, "
+        f"{jobs} jobs -> {results}"
     )
     started = time.monotonic()
     terminate = getattr(executor, "terminate_all", None)
@@ -154,8 +198,16 @@ def cmd_run(argv: list[str]) -> int:
         if terminate is not None:
             terminate()
 
-    summary = execute(plan, executor, catalog, results, jobs=jobs, use_cache=not opts.no_cache,
-                      progress=_progress, terminate=stop_all)
+    summary = execute(
+        plan,
+        executor,
+        catalog,
+        results,
+        jobs=jobs,
+        use_cache=not opts.no_cache,
+        progress=_progress,
+        terminate=stop_all,
+    )
     stages = dict(summary.stage_seconds)
     console.print(
         f"cells: {summary.count('ok')} ran, {summary.count('cached')} cached, "
@@ -171,8 +223,9 @@ def cmd_run(argv: list[str]) -> int:
 
         out = results / "report"
         # The reference comes from plan.json, so the report names its source.
-        report = build_report([results], out, reference=None, fail_on=opts.fail_on,
-                              tolerances=spec.tolerances or None)
+        report = build_report(
+            [results], out, reference=None, fail_on=opts.fail_on, tolerances=spec.tolerances or None
+        )
         stages["report"] = time.monotonic() - t0
         console.print(f"report: {out / 'index.html'} ({out / 'report.md'})")
         error = report.error
@@ -192,13 +245,19 @@ def cmd_run(argv: list[str]) -> int:
 
 
 def _progress(kind: str, message: str) -> None:
-    style = {"ok": "green", "cached": "dim", "failed": "red", "build": "cyan", "stage": "bold"}.get(kind, "")
-    console.print(f"[{style}]{kind:>7}[/] {message}" if style else f"{kind:>7} {message}", soft_wrap=True)
+    style = {"ok": "green", "cached": "dim", "failed": "red", "build": "cyan", "stage": "bold"}.get(
+        kind, ""
+    )
+    console.print(
+        f"[{style}]{kind:>7}[/] {message}" if style else f"{kind:>7} {message}", soft_wrap=True
+    )
 
 
 def _default_results(name: str, shard_spec: tuple[int, int] | None) -> Path:
     base = Path("results") / name
-    return base.with_name(f"{name}-shard-{shard_spec[0]}-of-{shard_spec[1]}") if shard_spec else base
+    return (
+        base.with_name(f"{name}-shard-{shard_spec[0]}-of-{shard_spec[1]}") if shard_spec else base
+    )
 
 
 def list_json(plan: Plan) -> dict[str, list[dict[str, object]]]:
@@ -210,7 +269,13 @@ def list_json(plan: Plan) -> dict[str, list[dict[str, object]]]:
     n = len(plan.cells)
     return {
         "include": [
-            {"cell": c.id, "shard": f"{k}/{n}", "environment": c.environment, "gpu": c.gpu, **c.axes}
+            {
+                "cell": c.id,
+                "shard": f"{k}/{n}",
+                "environment": c.environment,
+                "gpu": c.gpu,
+                **c.axes,
+            }
             for k, c in enumerate(plan.cells, start=1)
         ]
     }
@@ -220,8 +285,10 @@ def _dry_run(plan: Plan, executor_name: str, results: Path, opts: argparse.Names
     from matrix.cache import read_record
 
     out = Console(highlight=False, soft_wrap=True)
-    out.print(f"[bold]{plan.spec.name}[/] ({plan.spec.path}): {len(plan.cells)} cells, "
-              f"{plan.repeats} repeats, reference {plan.reference}, executor {executor_name}")
+    out.print(
+        f"[bold]{plan.spec.name}[/] ({plan.spec.path}): {len(plan.cells)} cells, "
+        f"{plan.repeats} repeats, reference {plan.reference}, executor {executor_name}"
+    )
     out.print("environments:")
     for env in plan.environments:
         out.print(f"  {env}: {_environment_state(env, executor_name)}")
@@ -248,7 +315,11 @@ def _environment_state(env: str, executor_name: str) -> str:
         if executor_name == "venv":
             from matrix.venvs import venv_dir
 
-            return "venv ready" if (venv_dir(stack, target) / "bin" / "python").exists() else "venv to build"
+            return (
+                "venv ready"
+                if (venv_dir(stack, target) / "bin" / "python").exists()
+                else "venv to build"
+            )
         return "host interpreter"
     except MatrixError as exc:
         return f"unknown ({exc.message})"
@@ -280,7 +351,9 @@ def select_executor(name: str, python: str | None = None) -> Executor:
     except EngineError as exc:
         if name == "docker":
             raise
-        console.print(f"[yellow]notice:[/] {exc.message.split(':')[0]}; falling back to --executor venv")
+        console.print(
+            f"[yellow]notice:[/] {exc.message.split(':')[0]}; falling back to --executor venv"
+        )
         from matrix.executors.venv import VenvExecutor
 
         return VenvExecutor()
@@ -318,4 +391,3 @@ def cmd_base_image(argv: list[str]) -> int:
     from matrix.base_image import base_image_command
 
     return base_image_command(argv)
-

@@ -69,7 +69,7 @@ class ArtifactError(MatrixError):
     exit_code = 7
 
 
-class ReferenceError_(MatrixError):  # noqa: N801 - avoid shadowing the builtin
+class ReferenceError_(MatrixError):
     """The requested reference cell is not among the results."""
 
     exit_code = 8

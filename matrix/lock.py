@@ -38,9 +38,20 @@ def lock_command(argv: Sequence[str]) -> int:
                 req.write("\n".join(stack.requirements_for(target)) + "\n")
                 req.flush()
                 cmd = [
-                    uv, "pip", "compile", "-q", "--generate-hashes", "--no-header",
-                    "--no-annotate", "--python-version", "3.11",
-                    "--python-platform", "x86_64-manylinux_2_28", req.name, "-o", str(out),
+                    uv,
+                    "pip",
+                    "compile",
+                    "-q",
+                    "--generate-hashes",
+                    "--no-header",
+                    "--no-annotate",
+                    "--python-version",
+                    "3.11",
+                    "--python-platform",
+                    "x86_64-manylinux_2_28",
+                    req.name,
+                    "-o",
+                    str(out),
                 ]
                 if opts.upgrade:
                     cmd.append("--upgrade")

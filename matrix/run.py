@@ -199,13 +199,24 @@ def execute(
     def work(task: Task) -> RunOutcome:
         cell = task.cell
         if cell.environment in env_errors:
-            outcome = RunOutcome(task=task, status="failed", seconds=0.0,
-                                 reason=f"environment: {env_errors[cell.environment]}")
+            outcome = RunOutcome(
+                task=task,
+                status="failed",
+                seconds=0.0,
+                reason=f"environment: {env_errors[cell.environment]}",
+            )
             _record_failure(results, task, outcome, executor.name, None)
             return outcome
         return _run_task(
-            task, plan, executor, catalog, results, env_ids[cell.environment], scen_hash,
-            use_cache=use_cache, stop=stop,
+            task,
+            plan,
+            executor,
+            catalog,
+            results,
+            env_ids[cell.environment],
+            scen_hash,
+            use_cache=use_cache,
+            stop=stop,
         )
 
     total = len(plan.tasks)
@@ -266,8 +277,11 @@ def _run_task(
     cell, repeat = task.cell, task.repeat
     args = runner_args(cell, plan.spec)
     key = cache_key(
-        environment_id=environment_id, scenarios=scen_hash, runner_args=args,
-        repeat=repeat, executor=executor.name,
+        environment_id=environment_id,
+        scenarios=scen_hash,
+        runner_args=args,
+        repeat=repeat,
+        executor=executor.name,
     )
     target = run_dir(results, cell.id, repeat)
     with _cell_lock(results, cell.id, repeat):
@@ -289,8 +303,14 @@ def _run_task(
             stack_name, target_kind = cell.environment.rsplit(".", 1)
             env = Environment(stack=catalog[stack_name], target=target_kind)
             run = executor.run_cell(
-                env, environment_id, [*args, "--meta", json.dumps(meta, sort_keys=True)], out,
-                timeout=plan.spec.timeout, memory=plan.spec.memory, gpu=cell.gpu, extra_env={},
+                env,
+                environment_id,
+                [*args, "--meta", json.dumps(meta, sort_keys=True)],
+                out,
+                timeout=plan.spec.timeout,
+                memory=plan.spec.memory,
+                gpu=cell.gpu,
+                extra_env={},
             )
             if stop.is_set():
                 return RunOutcome(task=task, status="interrupted", seconds=run.seconds)
@@ -302,16 +322,24 @@ def _run_task(
                 _record_failure(results, task, outcome, executor.name, environment_id, run)
                 return outcome
             _install(out, target)
-            _write_record(target, {
-                "status": "ok", "cache_key": key, "seconds": round(run.seconds, 3),
-                "executor": executor.name, "environment_id": environment_id,
-            }, task)
+            _write_record(
+                target,
+                {
+                    "status": "ok",
+                    "cache_key": key,
+                    "seconds": round(run.seconds, 3),
+                    "executor": executor.name,
+                    "environment_id": environment_id,
+                },
+                task,
+            )
             return RunOutcome(task=task, status="ok", seconds=run.seconds)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise DiskFullError(
                     f"{results}: no space left on the device while writing {cell.id}; "
-                    "free some space (docker system prune, .cache/) and run again: finished cells are kept"
+                    "free some space (docker system prune, .cache/) and run again: "
+                    "finished cells are kept"
                 ) from None
             raise
         finally:
@@ -335,8 +363,12 @@ def _install(artifact: Path, target: Path) -> None:
 
 
 def _record_failure(
-    results: Path, task: Task, outcome: RunOutcome, executor: str,
-    environment_id: str | None, run: CellRun | None = None,
+    results: Path,
+    task: Task,
+    outcome: RunOutcome,
+    executor: str,
+    environment_id: str | None,
+    run: CellRun | None = None,
 ) -> None:
     target = run_dir(results, task.cell.id, task.repeat)
     target.mkdir(parents=True, exist_ok=True)
@@ -347,10 +379,17 @@ def _record_failure(
             (target / name).unlink()
     if run is not None and run.output_tail:
         _atomic_write(target / "log.txt", run.output_tail + "\n")
-    _write_record(target, {
-        "status": "failed", "reason": outcome.reason, "seconds": round(outcome.seconds, 3),
-        "executor": executor, "environment_id": environment_id,
-    }, task)
+    _write_record(
+        target,
+        {
+            "status": "failed",
+            "reason": outcome.reason,
+            "seconds": round(outcome.seconds, 3),
+            "executor": executor,
+            "environment_id": environment_id,
+        },
+        task,
+    )
 
 
 def _write_record(target: Path, data: dict[str, Any], task: Task) -> None:
@@ -380,4 +419,3 @@ def _cell_lock(results: Path, cell_id: str, repeat: int) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-

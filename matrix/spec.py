@@ -102,7 +102,9 @@ def parse_spec(raw: Mapping[str, Any], path: Path, catalog: Mapping[str, Stack])
 
     axes_raw = _table(raw, "axes", where)
     if "stack" not in axes_raw:
-        raise SpecError(f"{where}: axes.stack is required (one or more stacks from matrix/stacks.toml)")
+        raise SpecError(
+            f"{where}: axes.stack is required (one or more stacks from matrix/stacks.toml)"
+        )
     axes: dict[str, tuple[AxisValue, ...]] = {}
     for axis, values in axes_raw.items():
         if not isinstance(values, list) or not values:
@@ -128,7 +130,9 @@ def parse_spec(raw: Mapping[str, Any], path: Path, catalog: Mapping[str, Stack])
 
     scenarios = runner.get("scenarios", list(_SCENARIOS))
     if not isinstance(scenarios, list) or not all(s in _SCENARIOS for s in scenarios):
-        raise SpecError(f"{where}: runner.scenarios must be a list drawn from {', '.join(_SCENARIOS)}")
+        raise SpecError(
+            f"{where}: runner.scenarios must be a list drawn from {', '.join(_SCENARIOS)}"
+        )
 
     executor = matrix.get("executor", "auto")
     if executor not in _EXECUTORS:
@@ -179,7 +183,9 @@ def _check_rule(
 ) -> dict[str, AxisValue]:
     if not rule:
         raise SpecError(f"{where}: {name} is empty")
-    return {axis: _check_value(axis, v, where, f"{name}.{axis}", catalog) for axis, v in rule.items()}
+    return {
+        axis: _check_value(axis, v, where, f"{name}.{axis}", catalog) for axis, v in rule.items()
+    }
 
 
 def _check_value(
@@ -214,7 +220,12 @@ def _string(table: Mapping[str, Any], key: str, default: str, where: str) -> str
 
 
 def _int(
-    table: Mapping[str, Any], key: str, default: int, minimum: int, where: str, prefix: str = "matrix."
+    table: Mapping[str, Any],
+    key: str,
+    default: int,
+    minimum: int,
+    where: str,
+    prefix: str = "matrix.",
 ) -> int:
     value = table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -228,13 +239,16 @@ def _tolerances(raw: Any, where: str) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for dtype, table in raw.items():
         if dtype not in _DTYPES:
-            raise SpecError(f"{where}: tolerances.{dtype}: unknown dtype (allowed: {', '.join(_DTYPES)})")
+            raise SpecError(
+                f"{where}: tolerances.{dtype}: unknown dtype (allowed: {', '.join(_DTYPES)})"
+            )
         if not isinstance(table, dict):
             raise SpecError(f"{where}: tolerances.{dtype} must be a table")
         for key, value in table.items():
             if key not in _TOLERANCE_KEYS:
                 raise SpecError(
-                    f"{where}: tolerances.{dtype}.{key}: unknown key (allowed: {', '.join(_TOLERANCE_KEYS)})"
+                    f"{where}: tolerances.{dtype}.{key}: unknown key "
+                    f"(allowed: {', '.join(_TOLERANCE_KEYS)})"
                 )
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise SpecError(f"{where}: tolerances.{dtype}.{key} must be a number >= 0")

@@ -51,9 +51,17 @@ def ensure_venv(stack: Stack, target: str = "cpu", root: Path | None = None) -> 
             [uv, "venv", "-q", "--python", "3.11", str(tmp)],
             [
                 # Bytecode now, or every run recompiles the framework's sources.
-                uv, "pip", "install", "-q", "--require-hashes", "--no-deps", "--compile-bytecode",
-                "--python", str(tmp / "bin" / "python"),
-                "-r", str(stack.lock_path(target)),
+                uv,
+                "pip",
+                "install",
+                "-q",
+                "--require-hashes",
+                "--no-deps",
+                "--compile-bytecode",
+                "--python",
+                str(tmp / "bin" / "python"),
+                "-r",
+                str(stack.lock_path(target)),
             ],
         ]
         for cmd in steps:

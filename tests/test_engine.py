@@ -233,6 +233,9 @@ def test_relative_mount_sources_become_absolute_paths() -> None:
 def test_daemon_message_is_the_reason_for_exit_125() -> None:
     from matrix.engine import failure_reason
 
-    output = 'docker: Error response from daemon: bad mount.\n\nRun \'docker run --help\' for more information\n'
+    output = (
+        "docker: Error response from daemon: bad mount.\n\n"
+        "Run 'docker run --help' for more information\n"
+    )
     reason = failure_reason(125, timed_out=False, timeout=1, output=output)
     assert reason == "exit 125: docker run failed: Error response from daemon: bad mount."

@@ -72,8 +72,10 @@ def test_a_crashing_runner_is_recorded_not_raised(tmp_path: Path) -> None:
     # An interpreter that answers but crashes in the runner: the cell fails
     # with the last line it printed, and the run goes on.
     crashing = tmp_path / "crashing-python"
-    crashing.write_text('#!/bin/sh\n[ "$1" = -c ] && exec python3 "$@"\n'
-                        'echo "ImportError: no module named tensorflow"; exit 1\n')
+    crashing.write_text(
+        '#!/bin/sh\n[ "$1" = -c ] && exec python3 "$@"\n'
+        'echo "ImportError: no module named tensorflow"; exit 1\n'
+    )
     crashing.chmod(0o755)
     results = tmp_path / "results"
     summary = execute(plan(tmp_path), HostExecutor(str(crashing)), CATALOG, results, jobs=1)
@@ -96,8 +98,13 @@ def test_timeout_kills_the_run(tmp_path: Path) -> None:
     sleeper.write_text('#!/bin/sh\n[ "$1" = -c ] && exec python3 "$@"\nexec sleep 60\n')
     sleeper.chmod(0o755)
     results = tmp_path / "results"
-    summary = execute(make_plan(load_spec(path, CATALOG), CATALOG), HostExecutor(str(sleeper)),
-                      CATALOG, results, jobs=1)
+    summary = execute(
+        make_plan(load_spec(path, CATALOG), CATALOG),
+        HostExecutor(str(sleeper)),
+        CATALOG,
+        results,
+        jobs=1,
+    )
     assert summary.failed and summary.failed[0].reason == "timeout after 10 s"
 
 
@@ -109,7 +116,12 @@ def test_gpu_cell_on_a_machine_without_a_gpu(tmp_path: Path, stack_python) -> No
 
     python = stack_python("keras-3.15-torch")  # PyPI's torch is the CUDA build
     path = tmp_path / "gpu.toml"
-    path.write_text(SPEC.replace('stack = ["tf-2.15"]', 'stack = ["keras-3.15-torch"]\ntarget = ["cuda"]\ndevice = ["gpu"]'))
+    path.write_text(
+        SPEC.replace(
+            'stack = ["tf-2.15"]',
+            'stack = ["keras-3.15-torch"]\ntarget = ["cuda"]\ndevice = ["gpu"]',
+        )
+    )
     results = tmp_path / "results"
     plan_ = make_plan(load_spec(path, CATALOG), CATALOG)
     assert [c.id for c in plan_.cells] == ["keras-3.15-torch__gpu"]

@@ -189,12 +189,16 @@ def test_missing_unpullable_base_is_one_clear_error() -> None:
     assert "\n" not in info.value.message and info.value.exit_code == 5
 
 
-def test_default_mirror_comes_from_the_hosts_apt_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_mirror_comes_from_the_hosts_apt_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from matrix.base_image import default_mirror
 
     monkeypatch.delenv("KRM_DEBIAN_MIRROR", raising=False)
     deb822 = tmp_path / "debian.sources"
-    deb822.write_text("Types: deb\n# a comment\nURIs: http://mirror.example/debian/\nSuites: bookworm\n")
+    deb822.write_text(
+        "Types: deb\n# a comment\nURIs: http://mirror.example/debian/\nSuites: bookworm\n"
+    )
     one_line = tmp_path / "sources.list"
     one_line.write_text("# old style\ndeb [arch=amd64] http://other.example/debian bookworm main\n")
     assert default_mirror((deb822, one_line)) == "http://mirror.example/debian"

@@ -33,8 +33,14 @@ unseeded_repeats = 0
 
 def matrix(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "matrix", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=1800)
+    return subprocess.run(
+        [sys.executable, "-m", "matrix", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=1800,
+    )
 
 
 def test_matrix_run_in_docker_reports_and_caches(tmp_path: Path) -> None:
@@ -42,7 +48,9 @@ def test_matrix_run_in_docker_reports_and_caches(tmp_path: Path) -> None:
     spec = tmp_path / "e2e.toml"
     spec.write_text(SPEC)
     results = tmp_path / "results"
-    proc = matrix("run", "--spec", str(spec), "--executor", "docker", "--results", str(results), "--jobs", "2")
+    proc = matrix(
+        "run", "--spec", str(spec), "--executor", "docker", "--results", str(results), "--jobs", "2"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     manifest = json.loads((results / "tf-2.15__cpu" / "manifest.json").read_text())
@@ -62,4 +70,3 @@ def test_matrix_run_in_docker_reports_and_caches(tmp_path: Path) -> None:
     again = matrix("run", "--spec", str(spec), "--executor", "docker", "--results", str(results))
     assert again.returncode == 0
     assert "0 ran, 2 cached, 0 failed" in again.stderr
-

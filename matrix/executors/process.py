@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,15 +26,22 @@ def terminate_all() -> None:
     with _LIVE_LOCK:
         procs = list(_LIVE)
     for proc in procs:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+
 
 # Variables a run inherits from the host; everything else (notably any
 # TF_*/KERAS_* the user happens to have exported) is left out so a cell's
 # settings come from its axes alone.
-_PASS_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH")
+_PASS_THROUGH = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "CUDA_VISIBLE_DEVICES",
+    "LD_LIBRARY_PATH",
+)
 
 
 def runner_env(stack_env: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
