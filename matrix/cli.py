@@ -180,7 +180,7 @@ def cmd_run(argv: list[str]) -> int:
     if opts.dry_run:
         if executor_name == "auto":
             executor_name = "docker" if _engine_answers() else "venv"
-        return _dry_run(plan, executor_name, results, opts)
+        return _dry_run(plan, executor_name, results)
 
     executor = select_executor(executor_name, opts.python)
     jobs = opts.jobs or default_jobs()
@@ -281,7 +281,7 @@ def list_json(plan: Plan) -> dict[str, list[dict[str, object]]]:
     }
 
 
-def _dry_run(plan: Plan, executor_name: str, results: Path, opts: argparse.Namespace) -> int:
+def _dry_run(plan: Plan, executor_name: str, results: Path) -> int:
     from matrix.cache import read_record
 
     out = Console(highlight=False, soft_wrap=True)
