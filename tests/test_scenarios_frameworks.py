@@ -28,9 +28,17 @@ pytestmark = pytest.mark.frameworks
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "scenarios" / "manifest.schema.json").read_text())
 CATALOG = load_catalog()
-# The environments: Keras 2 in TF, newest TF with Keras 3, TF with
-# tf-keras, Keras 3 on JAX and on PyTorch.
-STACKS = ("tf-2.15", "tf-2.21", "tf-2.21-tfkeras", "keras-3.15-jax", "keras-3.15-torch")
+# The oldest TensorFlow (Keras 2.12), the last with Keras 2, the first and the
+# newest with Keras 3, tf-keras, and Keras 3 on the other two backends.
+STACKS = (
+    "tf-2.12",
+    "tf-2.15",
+    "tf-2.16",
+    "tf-2.21",
+    "tf-2.21-tfkeras",
+    "keras-3.15-jax",
+    "keras-3.15-torch",
+)
 DETERMINISM_STACKS = ("tf-2.15", "tf-2.21", "keras-3.15-jax", "keras-3.15-torch")
 
 # Behaviours of these versions the scenarios found, asserted so a fix (or a
