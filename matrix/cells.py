@@ -189,24 +189,13 @@ def shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
 
 def runner_args(cell: Cell, spec: Spec) -> list[str]:
     """The ``python -m scenarios`` options that apply the cell's settings."""
-    a = cell.axes
+    args: list[str] = []
+    # Every axis after stack and target is a runner option of the same name;
+    # the target only picks the image.
+    for axis in AXES[2:]:
+        args += [f"--{axis}", str(cell.axes[axis])]
     return [
-        "--precision",
-        str(a["precision"]),
-        "--determinism",
-        str(a["determinism"]),
-        "--onednn",
-        str(a["onednn"]),
-        "--threads",
-        str(a["threads"]),
-        "--device",
-        str(a["device"]),
-        "--jit",
-        str(a["jit"]),
-        "--cudnn",
-        str(a["cudnn"]),
-        "--scenarios",
-        ",".join(spec.scenarios),
-        "--unseeded-repeats",
-        str(spec.unseeded_repeats),
-    ]
+        *args,
+        "--scenarios", ",".join(spec.scenarios),
+        "--unseeded-repeats", str(spec.unseeded_repeats),
+    ]  # fmt: skip

@@ -20,9 +20,9 @@ from rich.console import Console
 from matrix.cells import parse_shard
 from matrix.errors import CellsFailed, EngineError, MatrixError, SpecError
 from matrix.executors.base import Executor
-from matrix.run import Plan, execute, make_plan
+from matrix.run import Plan, execute, make_plan, run_dir
 from matrix.spec import load_spec
-from matrix.stacks import load_catalog
+from matrix.stacks import Stack, load_catalog
 
 __all__ = ["main"]
 
@@ -290,23 +290,22 @@ def _dry_run(plan: Plan, executor_name: str, results: Path) -> int:
         f"{plan.repeats} repeats, reference {plan.reference}, executor {executor_name}"
     )
     out.print("environments:")
-    for env in plan.environments:
-        out.print(f"  {env}: {_environment_state(env, executor_name)}")
+    catalog = load_catalog()
+    for stack_name, target in plan.environments:
+        state = _environment_state(catalog[stack_name], target, executor_name)
+        out.print(f"  {stack_name}.{target}: {state}")
     out.print(f"cells ({results}):")
     for cell in plan.cells:
         states = []
         for r in range(plan.repeats):
-            d = results / cell.id if r == 0 else results / cell.id / "repeats" / str(r)
-            record = read_record(d)
+            record = read_record(run_dir(results, cell.id, r))
             states.append("none" if record is None else str(record.get("status")))
         out.print(f"  {cell.id}  [dim]previous: {', '.join(states)}[/]")
     return 0
 
 
-def _environment_state(env: str, executor_name: str) -> str:
+def _environment_state(stack: Stack, target: str, executor_name: str) -> str:
     """Best-effort: would this environment be built? Never fails the dry run."""
-    stack_name, target = env.rsplit(".", 1)
-    stack = load_catalog()[stack_name]
     try:
         if executor_name == "docker":
             from matrix.images import planned_image
@@ -379,11 +378,11 @@ def cmd_images(argv: list[str]) -> int:
 
     check_engine()
     executor = DockerExecutor(log=_build_log)
-    for env_name in plan.environments:
-        stack_name, target = env_name.rsplit(".", 1)
+    for stack_name, target in plan.environments:
+        env = Environment(stack=catalog[stack_name], target=target)
         t0 = time.monotonic()
-        image = executor.prepare(Environment(stack=catalog[stack_name], target=target))
-        console.print(f"{env_name}: {image} ({time.monotonic() - t0:.1f}s)")
+        image = executor.prepare(env)
+        console.print(f"{env.name}: {image} ({time.monotonic() - t0:.1f}s)")
     return 0
 
 

@@ -70,8 +70,9 @@ class Plan:
     shard: tuple[int, int] | None = None
 
     @property
-    def environments(self) -> list[str]:
-        return list(dict.fromkeys(c.environment for c in self.cells))
+    def environments(self) -> list[tuple[str, str]]:
+        """(stack, target) of every image or venv this shard needs, in order."""
+        return list(dict.fromkeys((c.stack, c.target) for c in self.cells))
 
     @property
     def tasks(self) -> list[Task]:
@@ -179,17 +180,16 @@ def execute(
     started = time.monotonic()
     env_ids: dict[str, str] = {}
     env_errors: dict[str, str] = {}
-    for name in plan.environments:
-        stack_name, target = name.rsplit(".", 1)
+    for stack_name, target in plan.environments:
         env = Environment(stack=catalog[stack_name], target=target)
-        say("build", f"environment {name}")
+        say("build", f"environment {env.name}")
         try:
-            env_ids[name] = executor.prepare(env)
+            env_ids[env.name] = executor.prepare(env)
         except DiskFullError:
             raise
         except BuildError as exc:
-            env_errors[name] = exc.message
-            say("failed", f"environment {name}: {exc.message}")
+            env_errors[env.name] = exc.message
+            say("failed", f"environment {env.name}: {exc.message}")
     summary.stage_seconds["environments"] = time.monotonic() - started
 
     started = time.monotonic()
@@ -300,8 +300,7 @@ def _run_task(
         try:
             staging.mkdir(parents=True)
             out = staging / "artifact"
-            stack_name, target_kind = cell.environment.rsplit(".", 1)
-            env = Environment(stack=catalog[stack_name], target=target_kind)
+            env = Environment(stack=catalog[cell.stack], target=cell.target)
             run = executor.run_cell(
                 env,
                 environment_id,

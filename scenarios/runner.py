@@ -208,7 +208,21 @@ def run_cell(
     )
     timings["framework"] = framework
     timings["total"] = time.perf_counter() - t_start
-    manifest = {
+    manifest = _manifest(meta, fp, requested, applied, scenarios, timings, notes, started_at)
+    return CellResult(manifest=manifest, store=store)
+
+
+def _manifest(
+    meta: Meta,
+    fp: dict[str, Any],
+    requested: dict[str, Any],
+    applied: dict[str, Any],
+    scenarios: dict[str, Any],
+    timings: dict[str, float],
+    notes: list[str],
+    started_at: str,
+) -> dict[str, Any]:
+    return {
         "schema": SCHEMA_ID,
         "schema_version": SCHEMA_VERSION,
         "cell": meta.to_json(),
@@ -221,7 +235,6 @@ def run_cell(
         "started_at": started_at,
         "finished_at": _now(),
     }
-    return CellResult(manifest=manifest, store=store)
 
 
 def _import_failure(
@@ -257,18 +270,7 @@ def _import_failure(
         "environment_id": meta.environment_id,
     }
     timings["total"] = time.perf_counter() - t_start
-    manifest = {
-        "schema": SCHEMA_ID,
-        "schema_version": SCHEMA_VERSION,
-        "cell": meta.to_json(),
-        "fingerprint": fp,
-        # Nothing was applied: the framework never loaded.
-        "settings": {"requested": settings.to_json(), "applied": {}},
-        "scenarios": scenarios,
-        "tensors": {},
-        "timings": {k: round(v, 6) for k, v in timings.items()},
-        "notes": [*env_changes.notes, "the framework failed to import; nothing ran"],
-        "started_at": started_at,
-        "finished_at": _now(),
-    }
+    notes = [*env_changes.notes, "the framework failed to import; nothing ran"]
+    # Nothing was applied: the framework never loaded.
+    manifest = _manifest(meta, fp, settings.to_json(), {}, scenarios, timings, notes, started_at)
     return CellResult(manifest=manifest, store=store)
