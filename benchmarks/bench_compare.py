@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from artifact_factory import write_cell  # noqa: E402
 
-from matrix.artifacts import _sha256, load_cell  # noqa: E402
-from matrix.compare import compare_tensors  # noqa: E402
-from matrix.drift import thresholds_for  # noqa: E402
+from matrix.analysis.compare import compare_tensors  # noqa: E402
+from matrix.analysis.drift import thresholds_for  # noqa: E402
+from matrix.results.artifacts import _sha256, load_cell  # noqa: E402
 
 KEY = "bench/forward/output"
 BLOCK = 1 << 24  # elements generated per step (64 MiB)

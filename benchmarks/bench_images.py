@@ -21,12 +21,12 @@ import time
 import uuid
 from pathlib import Path
 
-from matrix import engine, images
-from matrix.executors.base import SCENARIOS_ROOT, Environment
-from matrix.executors.docker import DockerExecutor, cell_spec, container_user
-from matrix.executors.venv import VenvExecutor
-from matrix.stacks import load_catalog
-from matrix.venvs import ensure_venv
+from matrix.environments import engine, images
+from matrix.environments.venvs import ensure_venv
+from matrix.execute.executors.base import SCENARIOS_ROOT, Environment
+from matrix.execute.executors.docker import DockerExecutor, cell_spec
+from matrix.execute.executors.venv import VenvExecutor
+from matrix.plan.stacks import load_catalog
 
 STACK, TARGET = "tf-2.15", "cpu"
 PROBE = ("python", "-c", "import numpy")
@@ -60,7 +60,7 @@ def bench_overhead(repeats: int) -> tuple[float, float]:
         base = cell_spec(
             image=image, name="", runner_args=[], out_name="artifact", staging=staging,
             scenarios=SCENARIOS_ROOT / "scenarios", env=dict(stack.env), memory="3g",
-            gpu=False, user=container_user(),
+            gpu=False, user=engine.container_user(engine.check_engine()),
         )  # fmt: skip
         for _ in range(repeats):
             start = time.monotonic()
@@ -72,7 +72,7 @@ def bench_overhead(repeats: int) -> tuple[float, float]:
             start = time.monotonic()
             result = engine.run_container(spec, timeout=120)
             docker_samples.append(time.monotonic() - start)
-            assert result.reason is None, result.output
+            assert result.returncode == 0, result.output
     return _median(venv_samples), _median(docker_samples)
 
 
@@ -82,7 +82,7 @@ def bench_cell() -> tuple[float, float]:
     args = ["--scenarios", "seeded_mlp", "--quick", "--unseeded-repeats", "1"]
     seconds = []
     for executor in (VenvExecutor(), DockerExecutor(log=lambda _: None)):
-        environment_id = executor.prepare(env)
+        environment_id = executor.prepare(env).id
         with tempfile.TemporaryDirectory() as tmp:
             start = time.monotonic()
             run = executor.run_cell(

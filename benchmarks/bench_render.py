@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from artifact_factory import write_cell, write_plan, write_repeat  # noqa: E402
 
-from matrix.report import make_findings, write_outputs  # noqa: E402
+from matrix.report.command import make_findings, write_outputs  # noqa: E402
 
 VERSIONS = [f"2.{v}" for v in range(12, 22)]
 HARDWARE = ["epyc-7b13", "xeon-8375c", "xeon-6230", "graviton3", "sapphire-rapids"]

@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from matrix.stacks import load_catalog  # noqa: E402
-from matrix.venvs import ensure_venv  # noqa: E402
+from matrix.environments.venvs import ensure_venv  # noqa: E402
+from matrix.plan.stacks import load_catalog  # noqa: E402
 
 TARGET = 0.10
 

@@ -2,7 +2,8 @@
 
 Subcommands: run (``nox -s matrix``), report, images, base-image, lock.
 User-caused failures are :class:`MatrixError`: printed here as one line with
-their own exit code, never a traceback.
+their own exit code, never a traceback. Ctrl-C (or SIGTERM) during a run
+stops its cells, keeps what finished and exits 130.
 """
 
 from __future__ import annotations
@@ -10,26 +11,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
-from rich.console import Console
-
-from matrix.cells import parse_shard
-from matrix.errors import CellsFailed, EngineError, MatrixError, SpecError
-from matrix.executors.base import Executor
-from matrix.run import Plan, execute, make_plan, run_dir
-from matrix.spec import load_spec
-from matrix.stacks import Stack, load_catalog
+from matrix.analysis.drift import GATE_CLASSES
+from matrix.analysis.gate import Problem, gate_class
+from matrix.console import RunProgress, console, output
+from matrix.errors import INTERRUPTED, BuildError, CellsFailed, EngineError, MatrixError, SpecError
+from matrix.execute.executors.base import Executor
+from matrix.execute.scheduler import RunSummary, Stop, execute, run_dir
+from matrix.paths import DEFAULT_SPEC
+from matrix.plan.cells import parse_shard
+from matrix.plan.spec import EXECUTORS, check_name, load_spec
+from matrix.plan.stacks import Stack, load_catalog
+from matrix.plan.tasks import RunPlan, make_plan
 
 __all__ = ["main"]
-
-DEFAULT_SPEC = Path(__file__).resolve().parent / "default.toml"
-DRIFT_CLASSES = ("identical", "rounding", "drift", "divergent", "failed", "missing")
-
-console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,11 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except MatrixError as exc:
-        console.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
+        console.error(exc.message)
         return exc.exit_code
     except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
+        console.line("interrupted")
+        return INTERRUPTED
     except BrokenPipeError:
         # `... --list-json | head`: the reader left; not an error of ours.
         sys.stderr.close()
@@ -50,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: list[str]) -> int:
     if not args or args[0] in {"-h", "--help"}:
-        console.print(
+        output.line(
             "usage: python -m matrix {run,report,images,base-image,lock} [options]\n"
             "  run         plan, build, run and report a matrix (nox -s matrix)\n"
             "  report      compare artifact directories and render the report (nox -s report)\n"
@@ -63,15 +66,17 @@ def _dispatch(args: list[str]) -> int:
     if command == "run":
         return cmd_run(rest)
     if command == "report":
-        from matrix.report import report_command
+        from matrix.report.command import report_command
 
         return report_command(rest)
     if command == "images":
         return cmd_images(rest)
     if command == "base-image":
-        return cmd_base_image(rest)
+        from matrix.environments.base_image import base_image_command
+
+        return base_image_command(rest)
     if command == "lock":
-        from matrix.lock import lock_command
+        from matrix.environments.locks import lock_command
 
         return lock_command(rest)
     raise SpecError(f"unknown command {command!r}: run `python -m matrix --help`")
@@ -80,7 +85,7 @@ def _dispatch(args: list[str]) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse that raises SpecError (one line, exit 3) instead of exiting 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise SpecError(f"{self.prog}: {message}")
 
 
@@ -101,9 +106,15 @@ def _run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--executor",
-        choices=("auto", "docker", "venv", "host"),
+        choices=EXECUTORS,
         default=None,
         help="where cells run; auto = docker when an engine answers, else venv",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("docker", "podman"),
+        default=None,
+        help="container engine for --executor docker (default: $KRM_ENGINE or docker)",
     )
     p.add_argument(
         "--python", default=None, help="interpreter for --executor host (default: python3 on PATH)"
@@ -132,7 +143,7 @@ def _run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--fail-on",
-        choices=DRIFT_CLASSES,
+        choices=[c.value for c in GATE_CLASSES],
         default=None,
         help="exit 1 when any comparison is at or beyond this drift class",
     )
@@ -145,22 +156,21 @@ def _run_parser() -> argparse.ArgumentParser:
 
 def default_jobs() -> int:
     """One TensorFlow process needs ~1 GiB and is happiest with a core."""
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         mem_gib = 4.0
-    return max(1, min(cores, int(mem_gib // 2)))
+    return max(1, min(cores or 1, int(mem_gib // 2)))
 
 
 def cmd_run(argv: list[str]) -> int:
     opts = _run_parser().parse_args(argv)
+    gate_class(opts.fail_on)  # every choice is checked before any work
+    if opts.jobs is not None and not 1 <= opts.jobs <= 256:
+        raise SpecError("--jobs must be from 1 to 256")
     catalog = load_catalog()
     spec = load_spec(opts.spec, catalog)
-    if opts.repeats is not None and opts.repeats < 1:
-        raise SpecError("--repeats must be at least 1")
-    if opts.jobs is not None and opts.jobs < 1:
-        raise SpecError("--jobs must be at least 1")
     shard_spec = parse_shard(opts.shard) if opts.shard else None
     plan = make_plan(
         spec,
@@ -170,97 +180,141 @@ def cmd_run(argv: list[str]) -> int:
         repeats=opts.repeats,
         reference=opts.reference,
     )
-
     if opts.list_json:
-        print(json.dumps(list_json(plan), indent=None))
+        # ensure_ascii: every string an ASCII escape, whatever the spec held.
+        sys.stdout.write(json.dumps(list_json(plan), indent=None) + "\n")
         return 0
+    if plan.reference_note:
+        console.notice(plan.reference_note)
 
     results = opts.results or _default_results(spec.name, shard_spec)
+    _check_results_dir(results)
+    if opts.engine:
+        from matrix.environments.engine import select_engine
+
+        select_engine(opts.engine)
     executor_name = opts.executor or spec.executor
     if opts.dry_run:
         if executor_name == "auto":
             executor_name = "docker" if _engine_answers() else "venv"
-        return _dry_run(plan, executor_name, results)
+        return _dry_run(plan, executor_name, results, catalog)
 
     executor = select_executor(executor_name, opts.python)
     jobs = opts.jobs or default_jobs()
-    console.print(
-        f"[bold]{spec.name}[/]: {len(plan.cells)} cells x {plan.repeats} repeats "
-        f"in {len(plan.environments)} environments, executor {executor.name}, "
-        f"{jobs} jobs -> {results}"
+    console.line(
+        (spec.name, "bold"),
+        f": {len(plan.cells)} cells x {plan.repeats} repeats in {len(plan.environments)} "
+        f"environments, executor {executor.name}, {jobs} jobs -> {results}",
     )
     started = time.monotonic()
-    terminate = getattr(executor, "terminate_all", None)
-    from matrix.executors.process import terminate_all
-
-    def stop_all() -> None:
-        terminate_all()
-        if terminate is not None:
-            terminate()
-
-    summary = execute(
-        plan,
-        executor,
-        catalog,
-        results,
-        jobs=jobs,
-        use_cache=not opts.no_cache,
-        progress=_progress,
-        terminate=stop_all,
+    progress = RunProgress(
+        out=console, images=len(plan.environments), runs=len(plan.tasks), jobs=jobs
     )
+    stop = Stop()
+    with _signals_stop(stop), console.live(progress.status):
+        summary = execute(
+            plan,
+            executor,
+            catalog,
+            results,
+            jobs=jobs,
+            use_cache=not opts.no_cache,
+            progress=progress,
+            stop=stop,
+        )
     stages = dict(summary.stage_seconds)
-    console.print(
-        f"cells: {summary.count('ok')} ran, {summary.count('cached')} cached, "
+    console.line(
+        f"runs: {summary.count('ok')} ran, {summary.count('cached')} reused from the cache, "
         f"{summary.count('failed')} failed"
     )
     if summary.interrupted:
-        console.print("interrupted: run the same command again to resume")
-        return 130
+        console.line("interrupted: finished runs are kept; run the same command again to resume")
+        return INTERRUPTED
 
+    error: MatrixError | None = None
     if not opts.no_report:
         t0 = time.monotonic()
-        from matrix.report import build_report
+        from matrix.report.command import build_report
 
         out = results / "report"
+        build_problems = [
+            Problem(kind="build", message=f"environment {name}: {reason}")
+            for name, reason in summary.build_errors.items()
+        ]
         # The reference comes from plan.json, so the report names its source.
         report = build_report(
-            [results], out, reference=None, fail_on=opts.fail_on, tolerances=spec.tolerances or None
+            [results],
+            out,
+            reference=None,
+            fail_on=opts.fail_on,
+            tolerances=spec.tolerances or None,
+            problems=build_problems,
         )
         stages["report"] = time.monotonic() - t0
-        console.print(f"report: {out / 'index.html'} ({out / 'report.md'})")
+        console.line(f"report: {out / 'index.html'} ({out / 'report.md'})")
         error = report.error
-    else:
-        error = None
     stages["total"] = time.monotonic() - started
-    console.print("stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()))
+    console.line("stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()))
     if error is not None:
         raise error
+    _raise_for_runs(summary, results)
+    return 0
+
+
+def _raise_for_runs(summary: RunSummary, results: Path) -> None:
+    """Without a report (--no-report, or a report that found nothing wrong):
+    an environment that could not be built is exit 5, failed runs exit 10."""
+    if summary.build_errors:
+        name, reason = next(iter(summary.build_errors.items()))
+        more = len(summary.build_errors) - 1
+        raise BuildError(
+            f"environment {name} could not be built: {reason}"
+            + (f" (+{more} more)" if more else "")
+        )
     if summary.failed:
         first = summary.failed[0]
         raise CellsFailed(
             f"{len(summary.failed)} run(s) failed, e.g. {first.task.cell.id} r{first.task.repeat}: "
-            f"{first.reason} (see {results / first.task.cell.id / 'run.json'})"
+            f"{first.reason} (see {run_dir(results, first.task.cell.id, first.task.repeat)})"
         )
-    return 0
 
 
-def _progress(kind: str, message: str) -> None:
-    style = {"ok": "green", "cached": "dim", "failed": "red", "build": "cyan", "stage": "bold"}.get(
-        kind, ""
-    )
-    console.print(
-        f"[{style}]{kind:>7}[/] {message}" if style else f"{kind:>7} {message}", soft_wrap=True
-    )
+@contextmanager
+def _signals_stop(stop: Stop) -> Iterator[None]:
+    """SIGINT and SIGTERM ask the run to stop (finished cells are kept); a
+    second one interrupts at once."""
+    if sys.platform == "win32":  # pragma: no cover - the matrix needs POSIX
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        console.line(("stopping: ", "bold"), "ending running cells; finished cells are kept")
+        stop.request()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _check_results_dir(results: Path) -> None:
+    if results.exists() and not results.is_dir():
+        raise SpecError(f"--results {results}: exists and is not a directory")
 
 
 def _default_results(name: str, shard_spec: tuple[int, int] | None) -> Path:
+    check_name(name, "the spec's name")
     base = Path("results") / name
     return (
         base.with_name(f"{name}-shard-{shard_spec[0]}-of-{shard_spec[1]}") if shard_spec else base
     )
 
 
-def list_json(plan: Plan) -> dict[str, list[dict[str, object]]]:
+def list_json(plan: RunPlan) -> dict[str, list[dict[str, object]]]:
     """Cells as a GitHub Actions ``matrix.include`` (also fine for GitLab or
     a Kubernetes indexed Job): one job per cell, GPU cells flagged."""
     # Each job runs its cell as shard k/N of the same matrix (round-robin
@@ -281,26 +335,25 @@ def list_json(plan: Plan) -> dict[str, list[dict[str, object]]]:
     }
 
 
-def _dry_run(plan: Plan, executor_name: str, results: Path) -> int:
-    from matrix.cache import read_record
+def _dry_run(plan: RunPlan, executor_name: str, results: Path, catalog: dict[str, Stack]) -> int:
+    from matrix.execute.cache import read_record
 
-    out = Console(highlight=False, soft_wrap=True)
-    out.print(
-        f"[bold]{plan.spec.name}[/] ({plan.spec.path}): {len(plan.cells)} cells, "
-        f"{plan.repeats} repeats, reference {plan.reference}, executor {executor_name}"
+    output.line(
+        (plan.spec.name, "bold"),
+        f" ({plan.spec.path}): {len(plan.cells)} cells, {plan.repeats} repeats, "
+        f"reference {plan.reference}, executor {executor_name}",
     )
-    out.print("environments:")
-    catalog = load_catalog()
+    output.line("environments:")
     for stack_name, target in plan.environments:
         state = _environment_state(catalog[stack_name], target, executor_name)
-        out.print(f"  {stack_name}.{target}: {state}")
-    out.print(f"cells ({results}):")
+        output.line(f"  {stack_name}.{target}: {state}")
+    output.line(f"cells ({results}):")
     for cell in plan.cells:
         states = []
         for r in range(plan.repeats):
             record = read_record(run_dir(results, cell.id, r))
             states.append("none" if record is None else str(record.get("status")))
-        out.print(f"  {cell.id}  [dim]previous: {', '.join(states)}[/]")
+        output.line(f"  {cell.id}  ", (f"previous: {', '.join(states)}", "dim"))
     return 0
 
 
@@ -308,11 +361,11 @@ def _environment_state(stack: Stack, target: str, executor_name: str) -> str:
     """Best-effort: would this environment be built? Never fails the dry run."""
     try:
         if executor_name == "docker":
-            from matrix.images import planned_image
+            from matrix.environments.images import planned_image
 
             return planned_image(stack, target)
         if executor_name == "venv":
-            from matrix.venvs import venv_dir
+            from matrix.environments.venvs import venv_dir
 
             return (
                 "venv ready"
@@ -325,7 +378,7 @@ def _environment_state(stack: Stack, target: str, executor_name: str) -> str:
 
 
 def _engine_answers() -> bool:
-    from matrix.engine import check_engine
+    from matrix.environments.engine import check_engine
 
     try:
         check_engine()
@@ -336,57 +389,53 @@ def _engine_answers() -> bool:
 
 def select_executor(name: str, python: str | None = None) -> Executor:
     if name == "host":
-        from matrix.executors.host import HostExecutor
+        from matrix.execute.executors.host import HostExecutor
 
         return HostExecutor(python or "python3")
     if name == "venv":
-        from matrix.executors.venv import VenvExecutor
+        from matrix.execute.executors.venv import VenvExecutor
 
         return VenvExecutor()
-    from matrix.engine import check_engine
+    from matrix.environments.engine import check_engine
 
     try:
         check_engine()
     except EngineError as exc:
         if name == "docker":
             raise
-        console.print(
-            f"[yellow]notice:[/] {exc.message.split(':')[0]}; falling back to --executor venv"
-        )
-        from matrix.executors.venv import VenvExecutor
+        console.notice(f"{exc.message.split(':')[0]}; falling back to --executor venv")
+        from matrix.execute.executors.venv import VenvExecutor
 
         return VenvExecutor()
-    from matrix.executors.docker import DockerExecutor
+    from matrix.execute.executors.docker import DockerExecutor
 
     return DockerExecutor(log=_build_log)
 
 
 def _build_log(message: str) -> None:
-    console.print(f"[cyan]  build[/] {message}", soft_wrap=True)
+    console.event("build", message[:300])
 
 
 def cmd_images(argv: list[str]) -> int:
     p = _Parser(prog="nox -s images --", description="Build the Docker images a spec needs.")
     p.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
     p.add_argument("--only", action="append", default=[])
+    p.add_argument("--engine", choices=("docker", "podman"), default=None)
     opts = p.parse_args(argv)
     catalog = load_catalog()
     plan = make_plan(load_spec(opts.spec, catalog), catalog, only=opts.only)
-    from matrix.engine import check_engine
-    from matrix.executors.base import Environment
-    from matrix.executors.docker import DockerExecutor
+    from matrix.environments.engine import check_engine, select_engine
+    from matrix.execute.executors.base import Environment
+    from matrix.execute.executors.docker import DockerExecutor
 
+    if opts.engine:
+        select_engine(opts.engine)
     check_engine()
     executor = DockerExecutor(log=_build_log)
     for stack_name, target in plan.environments:
         env = Environment(stack=catalog[stack_name], target=target)
         t0 = time.monotonic()
         image = executor.prepare(env)
-        console.print(f"{env.name}: {image} ({time.monotonic() - t0:.1f}s)")
+        state = "built" if image.built else "ready"
+        output.line(f"{env.name}: {image.id} {state} ({time.monotonic() - t0:.1f}s)")
     return 0
-
-
-def cmd_base_image(argv: list[str]) -> int:
-    from matrix.base_image import base_image_command
-
-    return base_image_command(argv)

@@ -87,4 +87,13 @@ class CellsFailed(MatrixError):
     exit_code = 10
 
 
-__all__ += ["CellsFailed"]
+class DownloadStalled(MatrixError):
+    """A download (wheels, Debian packages, a base image) stalled or ran past its limit."""
+
+    exit_code = 11
+
+
+#: Ctrl-C or SIGTERM: finished cells are kept, the next run resumes.
+INTERRUPTED = 130
+
+__all__ += ["INTERRUPTED", "CellsFailed", "DownloadStalled"]

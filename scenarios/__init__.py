@@ -2,14 +2,6 @@
 
 Imports only the standard library, NumPy and the framework under test; the
 host side (`matrix`) reads what this package writes: manifest.json,
-tensors.npz and log.txt (schema: scenarios/manifest.schema.json).
+tensors.npz and log.txt (schema: scenarios/manifest.schema.json). What both
+sides agree on (axes, scenarios, file names) is in `scenarios.contract`.
 """
-
-from __future__ import annotations
-
-__all__ = ["SCHEMA_ID", "SCHEMA_VERSION"]
-
-# Kept here, not imported from artifact, so `import scenarios` stays
-# stdlib-only: settings must be applied before NumPy loads.
-SCHEMA_ID = "keras-repro-matrix/artifact"
-SCHEMA_VERSION = 1

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from scenarios import SCHEMA_ID, SCHEMA_VERSION
+from scenarios.contract import ARTIFACT_FILES, LOG, MANIFEST, SCHEMA_ID, SCHEMA_VERSION, TENSORS
 
 __all__ = [
     "MANIFEST",
@@ -28,11 +28,6 @@ __all__ = [
     "check_out_dir",
     "write_artifact",
 ]
-
-MANIFEST = "manifest.json"
-TENSORS = "tensors.npz"
-LOG = "log.txt"
-ARTIFACT_FILES = (MANIFEST, TENSORS, LOG)
 
 
 class ArtifactError(Exception):

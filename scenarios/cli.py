@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from scenarios.contract import EXECUTORS, OPTIONS, registry, setting_axes
 from scenarios.settings import (
-    ALL_SCENARIOS,
-    PRECISIONS,
     SettingsError,
     apply_environment,
     backend_hint,
     parse_settings,
+    resolve_scenarios,
 )
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
 EXIT_BAD_ARGS = 2
 EXIT_OUT_REFUSED = 3
 EXIT_WRITE_FAILED = 4
-EXECUTORS = ("docker", "venv", "host", "manual")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,71 +59,35 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="artifact directory to create (written atomically via a temporary sibling)",
     )
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="dtype policy for the precision scenario (default float32); the other "
-        "scenarios always run float32 so they stay comparable across this axis",
-    )
-    p.add_argument(
-        "--determinism",
-        choices=("on", "off"),
-        help="op determinism: TF enable_op_determinism + TF_DETERMINISTIC_OPS, torch "
-        "use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG, JAX "
-        "--xla_gpu_deterministic_ops (default off: the framework's default)",
-    )
-    p.add_argument(
-        "--onednn",
-        choices=("on", "off", "default"),
-        help="oneDNN kernels: TF_ENABLE_ONEDNN_OPTS before import; torch.backends.mkldnn "
-        "(default: leave the framework's default)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        help="intra/inter-op threads and OMP_NUM_THREADS; 0 = all cores (default 0)",
-    )
-    p.add_argument(
-        "--device",
-        choices=("cpu", "gpu"),
-        help="cpu hides GPUs (CUDA_VISIBLE_DEVICES=''); gpu requires a visible GPU, "
-        "else every scenario is recorded as unsupported (default cpu)",
-    )
-    p.add_argument(
-        "--jit",
-        choices=("on", "off", "default"),
-        help="compile(jit_compile=...) for every model (XLA on TF/JAX, torch.compile "
-        "on torch); default leaves Keras' own choice (default default)",
-    )
-    p.add_argument(
-        "--cudnn",
-        choices=("on", "off", "default"),
-        help="allow the LSTM's cuDNN kernel; only meaningful on GPU (default default)",
-    )
-    p.add_argument(
-        "--scenarios",
-        metavar="A,B",
-        help=f"comma-separated subset of {','.join(ALL_SCENARIOS)} (default all)",
-    )
-    p.add_argument(
-        "--unseeded-repeats",
-        type=int,
-        metavar="N",
-        dest="unseeded_repeats",
-        help="unseeded MLP trainings summarised by mean and std of the MSE (default 3)",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_const",
-        const=True,
-        help="a tenth of the epochs: for smoke tests, not for comparisons",
-    )
+    # One flag per setting axis and per run option, from the contract.
+    for axis in setting_axes():
+        p.add_argument(
+            axis.option,
+            dest=axis.name,
+            type=int if axis.runner == "count" else str,
+            choices=axis.choices or None,
+            metavar="|".join(axis.choices) if axis.choices else "N",
+            help=f"{axis.help} (default {axis.default})",
+        )
+    for option in OPTIONS:
+        if option.kind == "flag":
+            p.add_argument(
+                option.option, dest=option.name, action="store_const", const=True, help=option.help
+            )
+        else:
+            p.add_argument(
+                option.option,
+                dest=option.name,
+                type=int if option.kind == "count" else str,
+                metavar={"count": "N", "scenarios": "A,B"}.get(option.kind, "SCENARIO"),
+                help=f"{option.help} (default {option.default})"
+                if option.default is not None
+                else option.help,
+            )
     p.add_argument(
         "--settings",
         metavar="JSON",
-        help="settings as a JSON object with the keys above (precision, determinism, "
-        "onednn, threads, device, jit, cudnn, scenarios, unseeded_repeats, quick)",
+        help="settings as a JSON object with the keys above (underscores for dashes)",
     )
     p.add_argument(
         "--meta",
@@ -134,13 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--force", action="store_true", help="replace an --out that already holds an artifact"
-    )
-    p.add_argument(
-        "--inject-failure",
-        metavar="SCENARIO",
-        dest="inject_failure",
-        help="TEST ONLY: raise a deliberate error inside SCENARIO to prove a failure is "
-        "recorded while the other scenarios still run",
     )
     return p
 
@@ -190,22 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     started_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
     args = build_parser().parse_args(argv)
-    overrides = {
-        key: getattr(args, key)
-        for key in (
-            "precision",
-            "determinism",
-            "onednn",
-            "threads",
-            "device",
-            "jit",
-            "cudnn",
-            "scenarios",
-            "unseeded_repeats",
-            "quick",
-            "inject_failure",
-        )
-    }
+    names = [a.name for a in setting_axes()] + [o.name for o in OPTIONS]
+    overrides = {name: getattr(args, name) for name in names}
     try:
         settings = parse_settings(args.settings, overrides)
         meta = parse_meta(args.meta)
@@ -214,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # Before NumPy's BLAS or any framework loads: they read these once.
     env_changes = apply_environment(settings, backend_hint())
+    try:
+        # The scenario modules load NumPy (no framework): only now.
+        settings = resolve_scenarios(settings, registry())
+    except SettingsError as exc:
+        return _refuse(EXIT_BAD_ARGS, str(exc))
 
     from scenarios.artifact import ArtifactError, check_out_dir, write_artifact
     from scenarios.logtee import LogTee

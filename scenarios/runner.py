@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from scenarios import SCHEMA_ID, SCHEMA_VERSION, compat, fingerprint
+from scenarios import compat, fingerprint
 from scenarios.artifact import TensorStore
 from scenarios.context import FRAMEWORK_PARTS, ScenarioContext, error_record
+from scenarios.contract import SCHEMA_ID, SCHEMA_VERSION, registry
 from scenarios.settings import EnvChanges, Settings, apply_runtime
 
-__all__ = ["CellResult", "Meta", "run_cell", "scenario_functions"]
+__all__ = ["CellResult", "Meta", "run_cell"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,18 +49,6 @@ class Meta:
 class CellResult:
     manifest: dict[str, Any]
     store: TensorStore
-
-
-def scenario_functions() -> dict[str, Callable[[ScenarioContext], None]]:
-    # Imported here so a broken scenario module fails that scenario only.
-    from scenarios import initializers, precision, seeded_mlp, stateful_lstm
-
-    return {
-        "seeded_mlp": seeded_mlp.run,
-        "stateful_lstm": stateful_lstm.run,
-        "precision": precision.run,
-        "initializers": initializers.run,
-    }
 
 
 def _now() -> str:
@@ -164,11 +153,7 @@ def run_cell(
 
     scenarios: dict[str, Any] = {}
     contexts: list[ScenarioContext] = []
-    try:
-        functions: dict[str, Callable[[ScenarioContext], None] | None] = dict(scenario_functions())
-    except Exception as exc:  # broad on purpose: a broken scenario module fails the scenarios
-        notes.append(f"scenario modules failed to import: {type(exc).__name__}: {exc}")
-        functions = {}
+    functions = {name: s.run for name, s in registry().items()}
     t = time.perf_counter()
     if settings.device == "gpu" and applied["device"] != "gpu":
         # A GPU cell silently run on the CPU would poison every comparison.

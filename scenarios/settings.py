@@ -1,6 +1,13 @@
 """Settings of one run: parsed from --settings JSON and flags, applied to the
 process environment BEFORE the framework is imported (most switches are read
-once at import or at runtime initialisation), and recorded as applied.
+once at import or at runtime initialisation), then applied at runtime and
+recorded as the framework reports them.
+
+Which settings exist, their values and defaults come from the contract
+(``scenarios.contract.AXES``, the axes that select a setting, and
+``OPTIONS``); this module holds only the code that applies each one:
+``@before_import(axis)`` steps set variables, ``@at_runtime(axis)`` steps
+call the framework and return the value in effect.
 
 Stdlib only: this module runs before NumPy or any framework is imported.
 """
@@ -9,12 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+from scenarios.contract import OPTIONS, AxisError, setting_axes
+
 __all__ = [
-    "ALL_SCENARIOS",
-    "PRECISIONS",
+    "DEFAULTS",
     "EnvChanges",
     "Settings",
     "SettingsError",
@@ -24,16 +34,23 @@ __all__ = [
     "parse_settings",
 ]
 
-ALL_SCENARIOS: tuple[str, ...] = ("seeded_mlp", "stateful_lstm", "precision", "initializers")
-PRECISIONS: tuple[str, ...] = ("float32", "mixed_float16", "mixed_bfloat16")
-TRISTATE = ("on", "off", "default")
-
 # CUBLAS needs a fixed workspace for deterministic GEMMs (torch documents this
 # value); harmless where no GPU is present.
 CUBLAS_DETERMINISTIC = ":4096:8"
 XLA_DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 # XLA's CPU backend only exposes "one thread or Eigen's pool"; no count.
 XLA_SINGLE_THREAD_FLAGS = ("--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1")
+
+_AXES = {a.name: a for a in setting_axes()}
+_OPTIONS = {o.name: o for o in OPTIONS}
+
+#: Every setting in the runner's form, at its contract default.
+DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        **{a.name: a.to_runner(a.default) for a in _AXES.values()},
+        **{o.name: o.default for o in OPTIONS},
+    }
+)
 
 
 def backend_hint() -> str:
@@ -47,103 +64,121 @@ class SettingsError(ValueError):
     """A settings value a user gave is not valid (bad argument: exit 2)."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class Settings:
-    precision: str = "float32"
-    determinism: bool = False
-    onednn: bool | None = None  # None: leave the framework's default
-    threads: int = 0  # 0: all cores, the framework's default
-    device: str = "cpu"
-    jit: str = "default"
-    cudnn: bool | None = None  # None: the framework decides (GPU only)
-    scenarios: tuple[str, ...] = ALL_SCENARIOS
-    unseeded_repeats: int = 3
-    quick: bool = False
-    # Test-only: raise a deliberate error inside this scenario, to prove a
-    # failure is recorded while the others still run.
-    inject_failure: str | None = None
+class Settings(Mapping[str, Any]):
+    """Every setting axis (in the runner's form: booleans for switches, None
+    for "the framework's default") and every run option of one run.
+
+    Read as attributes (``settings.precision``) or as a mapping; immutable.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(DEFAULTS))
+        if unknown:
+            raise SettingsError(f"unknown setting {', '.join(unknown)!r}")
+        object.__setattr__(self, "_values", MappingProxyType({**DEFAULTS, **values}))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Settings are immutable; use replace()")
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Settings) and dict(self._values) == dict(other._values)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def replace(self, **changes: Any) -> Settings:
+        return Settings(**{**self._values, **changes})
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["scenarios"] = list(self.scenarios)
+        data = dict(self._values)
+        if data["scenarios"] is not None:
+            data["scenarios"] = list(data["scenarios"])
         return data
 
 
-def _tristate(key: str, value: Any) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    if value in TRISTATE:
-        return {"on": True, "off": False, "default": None}[value]
-    raise SettingsError(f"{key}: expected on, off or default, got {value!r}")
-
-
 def _coerce(key: str, value: Any) -> Any:
-    """Turn one JSON/flag value into the Settings field's type, or refuse."""
-    if key == "precision":
-        if value not in PRECISIONS:
-            raise SettingsError(
-                f"precision: expected one of {', '.join(PRECISIONS)}, got {value!r}"
-            )
-        return value
-    if key == "determinism":
-        result = _tristate(key, value)
-        if result is None:
-            raise SettingsError("determinism: expected on or off")
-        return result
-    if key in ("onednn", "cudnn"):
-        return _tristate(key, value)
-    if key in ("threads", "unseeded_repeats"):
+    """Turn one JSON/flag value into the setting's runner form, or refuse."""
+    found = _AXES.get(key)
+    if found is not None:
+        if value is None and found.runner == "tristate":
+            return None
+        try:
+            return found.to_runner(found.check(value))
+        except AxisError as exc:
+            raise SettingsError(str(exc)) from None
+    option = _OPTIONS.get(key)
+    if option is None:
+        raise SettingsError(f"unknown setting {key!r}")
+    if option.kind == "count":
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise SettingsError(f"{key}: expected an integer >= 0, got {value!r}")
         return value
-    if key == "device":
-        if value not in ("cpu", "gpu"):
-            raise SettingsError(f"device: expected cpu or gpu, got {value!r}")
-        return value
-    if key == "jit":
-        if isinstance(value, bool):
-            return "on" if value else "off"
-        if value not in TRISTATE:
-            raise SettingsError(f"jit: expected on, off or default, got {value!r}")
-        return value
-    if key == "scenarios":
-        names = value.split(",") if isinstance(value, str) else value
-        if not isinstance(names, (list, tuple)) or not names:
-            raise SettingsError("scenarios: expected a non-empty list of names")
-        names = tuple(str(n).strip() for n in names if str(n).strip())
-        unknown = [n for n in names if n not in ALL_SCENARIOS]
-        if unknown or not names:
-            raise SettingsError(
-                f"scenarios: unknown {', '.join(unknown) or '(none given)'}; "
-                f"known: {', '.join(ALL_SCENARIOS)}"
-            )
-        # Run order is fixed (the catalogue's), whatever order was asked.
-        return tuple(n for n in ALL_SCENARIOS if n in names)
-    if key == "quick":
+    if option.kind == "flag":
         if not isinstance(value, bool):
-            raise SettingsError(f"quick: expected true or false, got {value!r}")
+            raise SettingsError(f"{key}: expected true or false, got {value!r}")
         return value
-    if key == "inject_failure":
-        if value is not None and value not in ALL_SCENARIOS:
-            raise SettingsError(f"inject_failure: unknown scenario {value!r}")
+    if option.kind == "scenario":
+        if value is not None and not isinstance(value, str):
+            raise SettingsError(f"{key}: expected a scenario name, got {value!r}")
         return value
-    raise SettingsError(f"unknown setting {key!r}")
+    # scenarios: names checked against the registry once it is loaded
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, list | tuple):
+        raise SettingsError("scenarios: expected a list of names")
+    names = tuple(dict.fromkeys(str(n).strip() for n in names if str(n).strip()))
+    if not names:
+        raise SettingsError("scenarios: expected at least one scenario name")
+    return names
 
 
-def parse_settings(json_text: str | None, overrides: dict[str, Any]) -> Settings:
+def parse_settings(json_text: str | None, overrides: Mapping[str, Any]) -> Settings:
     """Settings from a JSON object, then flags (non-None overrides) on top."""
     raw: dict[str, Any] = {}
     if json_text:
         try:
             loaded = json.loads(json_text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise SettingsError(f"--settings is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise SettingsError("--settings must be a JSON object")
         raw.update(loaded)
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    values = {key: _coerce(key, value) for key, value in raw.items()}
-    return replace(Settings(), **values)
+    return Settings(**{key: _coerce(key, value) for key, value in raw.items()})
+
+
+def resolve_scenarios(settings: Settings, known: Mapping[str, Any]) -> Settings:
+    """The settings with their scenario names checked against the registry
+    (None: every registered scenario, in registry order)."""
+    asked = settings.scenarios if settings.scenarios is not None else tuple(known)
+    unknown = [n for n in asked if n not in known]
+    if unknown:
+        raise SettingsError(f"scenarios: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    injected = settings.inject_failure
+    if injected is not None and injected not in known:
+        raise SettingsError(f"inject_failure: unknown scenario {injected!r}")
+    return settings.replace(scenarios=tuple(asked))
+
+
+# ---- before import: the process environment ---------------------------------------
 
 
 @dataclass(kw_only=True)
@@ -155,21 +190,56 @@ class EnvChanges:
     notes: list[str] = field(default_factory=list)
 
 
-def _set(env: dict[str, str], changes: EnvChanges, key: str, value: str) -> None:
-    env[key] = value
-    changes.set[key] = value
+class _Env:
+    """os.environ (or a test's dict) with every change recorded."""
+
+    def __init__(self, target: dict[str, str], changes: EnvChanges, backend: str) -> None:
+        self.target = target
+        self.changes = changes
+        self.backend = backend
+
+    def set(self, key: str, value: str) -> None:
+        self.target[key] = value
+        self.changes.set[key] = value
+
+    def remove(self, key: str) -> None:
+        if key in self.target:
+            del self.target[key]
+            self.changes.removed.append(key)
+
+    def add_xla_flags(self, flags: tuple[str, ...]) -> None:
+        current = self.target.get("XLA_FLAGS", "").split()
+        merged = current + [f for f in flags if f not in current]
+        self.set("XLA_FLAGS", " ".join(merged))
+
+    def note(self, text: str) -> None:
+        self.changes.notes.append(text)
 
 
-def _remove(env: dict[str, str], changes: EnvChanges, key: str) -> None:
-    if key in env:
-        del env[key]
-        changes.removed.append(key)
+_BEFORE_IMPORT: dict[str, Callable[[Settings, _Env], None]] = {}
+_AT_RUNTIME: dict[str, Callable[[Settings, Any, Any], Any]] = {}
 
 
-def _add_xla_flags(env: dict[str, str], changes: EnvChanges, flags: tuple[str, ...]) -> None:
-    current = env.get("XLA_FLAGS", "").split()
-    merged = current + [f for f in flags if f not in current]
-    _set(env, changes, "XLA_FLAGS", " ".join(merged))
+def _step(table: dict[str, Any], axis_name: str) -> Callable[[Any], Any]:
+    if axis_name not in _AXES:
+        raise ValueError(f"{axis_name} is not a setting axis of the contract")
+
+    def register(fn: Any) -> Any:
+        table[axis_name] = fn
+        return fn
+
+    return register
+
+
+def before_import(axis_name: str) -> Callable[[Any], Any]:
+    """Register the step that sets what the frameworks read at import for an axis."""
+    return _step(_BEFORE_IMPORT, axis_name)
+
+
+def at_runtime(axis_name: str) -> Callable[[Any], Any]:
+    """Register the step that applies an axis after import and returns the
+    value in effect, as the framework reports it."""
+    return _step(_AT_RUNTIME, axis_name)
 
 
 def apply_environment(
@@ -183,79 +253,137 @@ def apply_environment(
     """
     target: dict[str, str] = os.environ if env is None else env  # type: ignore[assignment]
     changes = EnvChanges()
-
     # Quieter TensorFlow logs keep log.txt readable; errors still show.
     target.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    proxy = _Env(target, changes, backend_hint)
+    for name in _AXES:
+        step = _BEFORE_IMPORT.get(name)
+        if step is not None:
+            step(settings, proxy)
+    return changes
 
+
+@before_import("onednn")
+def _onednn_env(settings: Settings, env: _Env) -> None:
     if settings.onednn is not None:
-        _set(target, changes, "TF_ENABLE_ONEDNN_OPTS", "1" if settings.onednn else "0")
+        env.set("TF_ENABLE_ONEDNN_OPTS", "1" if settings.onednn else "0")
 
-    if settings.threads > 0:
-        n = str(settings.threads)
-        for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            _set(target, changes, key, n)
-        if backend_hint == "jax":
-            if settings.threads == 1:
-                _add_xla_flags(target, changes, XLA_SINGLE_THREAD_FLAGS)
-            else:
-                changes.notes.append(
-                    f"threads={settings.threads}: XLA's CPU backend has no thread count; "
-                    "only OMP/MKL variables were set"
-                )
 
+@before_import("threads")
+def _threads_env(settings: Settings, env: _Env) -> None:
+    if settings.threads <= 0:
+        return
+    n = str(settings.threads)
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.set(key, n)
+    if env.backend == "jax":
+        if settings.threads == 1:
+            env.add_xla_flags(XLA_SINGLE_THREAD_FLAGS)
+        else:
+            env.note(
+                f"threads={settings.threads}: XLA's CPU backend has no thread count; "
+                "only OMP/MKL variables were set"
+            )
+
+
+@before_import("determinism")
+def _determinism_env(settings: Settings, env: _Env) -> None:
     if settings.determinism:
-        _set(target, changes, "TF_DETERMINISTIC_OPS", "1")
-        _set(target, changes, "TF_CUDNN_DETERMINISTIC", "1")
-        _set(target, changes, "CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
-        if backend_hint == "jax":
-            _add_xla_flags(target, changes, (XLA_DETERMINISTIC_FLAG,))
+        env.set("TF_DETERMINISTIC_OPS", "1")
+        env.set("TF_CUDNN_DETERMINISTIC", "1")
+        env.set("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+        if env.backend == "jax":
+            env.add_xla_flags((XLA_DETERMINISTIC_FLAG,))
     else:
         # An inherited switch would make "off" a lie.
         for key in ("TF_DETERMINISTIC_OPS", "TF_CUDNN_DETERMINISTIC"):
-            _remove(target, changes, key)
+            env.remove(key)
 
+
+@before_import("device")
+def _device_env(settings: Settings, env: _Env) -> None:
     if settings.device == "cpu":
         # Hide GPUs from every backend so "cpu" cannot silently use one.
-        _set(target, changes, "CUDA_VISIBLE_DEVICES", "")
-        if backend_hint == "jax":
-            _set(target, changes, "JAX_PLATFORMS", "cpu")
+        env.set("CUDA_VISIBLE_DEVICES", "")
+        if env.backend == "jax":
+            env.set("JAX_PLATFORMS", "cpu")
 
-    return changes
+
+# ---- at runtime: after import, before the first op -----------------------------------
+
+
+@dataclass(kw_only=True)
+class Runtime:
+    """What the runtime steps learn besides each axis's value in effect."""
+
+    notes: list[str] = field(default_factory=list)
+    determinism: dict[str, Any] = field(default_factory=dict)  # how it was enabled
 
 
 def apply_runtime(settings: Settings, fw: Any) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """Apply what must be set after import and before the first op; return
     (applied settings, determinism mechanisms, notes). `fw` is a
     compat.Framework (duck-typed here to keep this module stdlib-only)."""
-    notes: list[str] = []
-    determinism: dict[str, Any] = {"requested": settings.determinism}
+    runtime = Runtime()
+    applied: dict[str, Any] = {}
+    # determinism first: TF refuses some switches once its runtime is up.
+    for name in ("determinism", *(n for n in _AXES if n != "determinism")):
+        applied[name] = _AT_RUNTIME[name](settings, fw, runtime)
+    for option in OPTIONS:
+        value = settings[option.name]
+        applied[option.name] = list(value) if isinstance(value, tuple) else value
+    return applied, runtime.determinism, runtime.notes
+
+
+@at_runtime("determinism")
+def _determinism_runtime(settings: Settings, fw: Any, runtime: Runtime) -> bool:
+    runtime.determinism["requested"] = settings.determinism
     if settings.determinism:
-        determinism["enabled_by"] = fw.enable_determinism()
+        runtime.determinism["enabled_by"] = fw.enable_determinism()
+    state = fw.determinism_state()
+    runtime.determinism["state"] = state
+    return _determinism_effective(fw.backend, state, settings.determinism)
+
+
+@at_runtime("threads")
+def _threads_runtime(settings: Settings, fw: Any, runtime: Runtime) -> int:
     try:
         threads = fw.set_threads(settings.threads)
     except RuntimeError as exc:
         # TF refuses once its runtime is initialised; say so, never pretend.
-        notes.append(f"threads={settings.threads} not applied: {exc}")
+        runtime.notes.append(f"threads={settings.threads} not applied: {exc}")
         threads = fw.set_threads(0)
+    return int(threads) if threads is not None else int(settings.threads)
+
+
+@at_runtime("onednn")
+def _onednn_runtime(settings: Settings, fw: Any, runtime: Runtime) -> bool | None:
     fw.set_onednn(settings.onednn)
-    state = fw.determinism_state()
-    determinism["state"] = state
-    device = fw.device_info()
-    applied: dict[str, Any] = {
-        "precision": settings.precision,
-        "determinism": _determinism_effective(fw.backend, state, settings.determinism),
-        "onednn": fw.onednn_effective(),
-        "threads": threads if threads is not None else settings.threads,
-        "device": device["kind"],
-        "jit": settings.jit,
-        # Only a GPU has a cuDNN kernel to allow or refuse.
-        "cudnn": settings.cudnn if device["kind"] == "gpu" else None,
-        "scenarios": list(settings.scenarios),
-        "unseeded_repeats": settings.unseeded_repeats,
-        "quick": settings.quick,
-        "inject_failure": settings.inject_failure,
-    }
-    return applied, determinism, notes
+    found = fw.onednn_effective()
+    return None if found is None else bool(found)
+
+
+@at_runtime("device")
+def _device_runtime(settings: Settings, fw: Any, runtime: Runtime) -> str:
+    return str(fw.device_info()["kind"])
+
+
+@at_runtime("precision")
+def _precision_runtime(settings: Settings, fw: Any, runtime: Runtime) -> str:
+    # The precision scenario sets the policy; the runner records what it got.
+    return str(settings.precision)
+
+
+@at_runtime("jit")
+def _jit_runtime(settings: Settings, fw: Any, runtime: Runtime) -> str:
+    # Models compile with it; the runner replaces it by what they reported.
+    return str(settings.jit)
+
+
+@at_runtime("cudnn")
+def _cudnn_runtime(settings: Settings, fw: Any, runtime: Runtime) -> bool | None:
+    # Only a GPU has a cuDNN kernel to allow or refuse.
+    return settings.cudnn if fw.device_info()["kind"] == "gpu" else None
 
 
 def _determinism_effective(backend: str, state: dict[str, Any], requested: bool) -> bool:

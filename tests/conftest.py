@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from matrix.stacks import load_catalog
-from matrix.venvs import ensure_venv
+from matrix.environments.venvs import ensure_venv
+from matrix.plan.stacks import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = bool(os.environ.get("CI"))

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from matrix import engine
+from matrix.environments import engine
 from matrix.errors import EngineError
 
 # What a hardened container sees of itself: interfaces, root writability,
@@ -26,8 +26,18 @@ try:
 except OSError:
     connected = False
 open("/tmp/scratch", "w").write("ok")
+def state(name):
+    try:
+        return open(f"/sys/class/net/{name}/operstate").read().strip()
+    except OSError:
+        return "unknown"
+routes = [ln.split()[0] for ln in open("/proc/net/route").read().splitlines()[1:] if ln.strip()]
+v6 = "/proc/net/if_inet6"
+addresses = [ln.split()[-1] for ln in open(v6).read().splitlines()] if os.path.exists(v6) else []
 print(json.dumps({
-    "interfaces": sorted(os.listdir("/sys/class/net")),
+    "interfaces": {name: state(name) for name in sorted(os.listdir("/sys/class/net"))},
+    "routes": routes,
+    "ipv6_interfaces": sorted(set(addresses)),
     "root_writable": root_writable,
     "connected": connected,
     "uid": os.getuid(),
@@ -35,6 +45,18 @@ print(json.dumps({
     "no_new_privs": status["NoNewPrivs"].strip(),
 }))
 """
+
+
+def assert_no_network(seen: dict) -> None:  # type: ignore[type-arg]
+    """No way out: loopback only. Other interfaces may exist (tunnel modules
+    such as ipip or sit add a device to every namespace), but none is up, and
+    no route leads anywhere."""
+    assert seen["connected"] is False
+    assert "lo" in seen["interfaces"]
+    up = [name for name, state in seen["interfaces"].items() if name != "lo" and state == "up"]
+    assert up == [], seen
+    assert seen["routes"] == [], seen
+    assert set(seen["ipv6_interfaces"]) <= {"lo"}, seen
 
 
 def require_engine() -> engine.EngineInfo:

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from artifact_factory import write_cell, write_plan, write_repeat
 
-from matrix.artifacts import NpzTensor, discover_results, load_cell, load_cell_safely
 from matrix.errors import ArtifactError, ResultsError
+from matrix.results.artifacts import load_cell, load_cell_safely
+from matrix.results.discovery import discover_results
+from matrix.results.tensors import NpzTensor
 
 TENSORS = {
     "mlp/init/kernel": np.arange(12, dtype=np.float32).reshape(3, 4),
@@ -156,8 +158,9 @@ def test_empty_shard_beside_a_full_one_is_a_problem(tmp_path: Path) -> None:
 def test_large_tensors_are_streamed_and_compare_like_in_memory(
     tmp_path: Path, compressed: bool
 ) -> None:
-    from matrix.compare import ArraySource, compare_tensors
-    from matrix.drift import thresholds_for
+    from matrix.analysis.compare import compare_tensors
+    from matrix.analysis.drift import thresholds_for
+    from matrix.results.tensors import ArraySource
 
     rng = np.random.RandomState(0)
     a = rng.standard_normal(3_000_000).astype(np.float32)  # 12 MB: above the small-file cache

@@ -4,10 +4,10 @@ from pathlib import Path
 
 from artifact_factory import planted_matrix
 
-from matrix.artifacts import CellArtifact, load_cell
-from matrix.attribute import attribute, axis_value_key, neighbour_pairs
-from matrix.comparisons import PhaseResult, compare_cells
-from matrix.drift import DEFAULT_THRESHOLDS, DriftClass
+from matrix.analysis.attribute import attribute, axis_value_key, neighbour_pairs
+from matrix.analysis.comparisons import PhaseResult, compare_cells
+from matrix.analysis.drift import DEFAULT_THRESHOLDS, DriftClass
+from matrix.results.artifacts import CellArtifact, load_cell
 
 AXES = ["tensorflow", "device", "precision"]
 

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from matrix.cells import (
+from matrix.errors import SpecError
+from matrix.plan.cells import (
+    AXIS_DEFAULTS,
     cell_id,
     expand,
     filter_cells,
@@ -13,9 +15,8 @@ from matrix.cells import (
     runner_args,
     shard,
 )
-from matrix.errors import SpecError
-from matrix.spec import AXIS_DEFAULTS, load_spec
-from matrix.stacks import load_catalog
+from matrix.plan.spec import load_spec
+from matrix.plan.stacks import load_catalog
 
 CATALOG = load_catalog()
 SPECS = Path(__file__).resolve().parent.parent / "matrix"
@@ -116,7 +117,7 @@ stack=['tf-2.15','tf-2.21']
     cells = expand(spec, CATALOG)
     assert resolve_reference(spec, cells) == "tf-2.21__cpu"
     assert resolve_reference(spec, cells, "tf-2.15__cpu") == "tf-2.15__cpu"
-    with pytest.raises(SpecError, match="not in the matrix"):
+    with pytest.raises(SpecError, match="not a cell of the matrix"):
         resolve_reference(spec, cells, "nope")
 
 

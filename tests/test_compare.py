@@ -5,8 +5,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from matrix.compare import ArraySource, bfloat16_round, compare_tensors, ulp_distance
-from matrix.drift import DEFAULT_THRESHOLDS, DriftClass
+from matrix.analysis.compare import bfloat16_round, compare_tensors, ulp_distance
+from matrix.analysis.drift import DEFAULT_THRESHOLDS, DriftClass
+from matrix.results.tensors import ArraySource
 
 F32 = DEFAULT_THRESHOLDS["float32"]
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matrix.compare import compare_tensors
-from matrix.drift import (
+from matrix.analysis.compare import compare_tensors
+from matrix.analysis.drift import (
     DEFAULT_THRESHOLDS,
     DriftClass,
     apply_overrides,

@@ -8,11 +8,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from matrix.executors.host import HostExecutor
-from matrix.executors.venv import VenvExecutor
-from matrix.run import execute, make_plan
-from matrix.spec import load_spec
-from matrix.stacks import load_catalog
+from matrix.execute.executors.host import HostExecutor
+from matrix.execute.executors.venv import VenvExecutor
+from matrix.execute.scheduler import execute
+from matrix.plan.spec import load_spec
+from matrix.plan.stacks import load_catalog
+from matrix.plan.tasks import make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "scenarios" / "manifest.schema.json").read_text())
@@ -112,7 +113,7 @@ def test_gpu_cell_on_a_machine_without_a_gpu(tmp_path: Path, stack_python) -> No
     """The GPU path as far as a CPU allows: a cuda/gpu cell runs, every
     scenario says it is unsupported here (never a crash or a silent CPU run),
     and the report shows it as such."""
-    from matrix.report import build_report
+    from matrix.report.command import build_report
 
     python = stack_python("keras-3.15-torch")  # PyPI's torch is the CUDA build
     path = tmp_path / "gpu.toml"

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from docker_support import require_engine
 
-from matrix import engine, images
+from matrix import command
+from matrix.environments import engine, images
 from matrix.errors import BuildError
-from matrix.stacks import Stack, load_catalog
+from matrix.plan.stacks import Stack, load_catalog
 
 CATALOG = load_catalog()
 
@@ -110,13 +111,14 @@ def test_wheelhouse_ignores_a_wheel_whose_hash_changed(
     wheel.write_bytes(b"tampered, and longer")  # size changes: the cached hash is not trusted
     calls: list[list[str]] = []
 
-    def fake_pip(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-        calls.append(cmd)
-        return subprocess.CompletedProcess(
-            cmd, 1, "", "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES"
-        )
+    def fake_pip(cmd: list[str], **kwargs: object) -> command.Result:
+        calls.append([str(c) for c in cmd])
+        return command.Result(
+            cmd=tuple(cmd), returncode=1, seconds=0.1,
+            output="ERROR: THESE PACKAGES DO NOT MATCH THE HASHES",
+        )  # fmt: skip
 
-    monkeypatch.setattr(subprocess, "run", fake_pip)
+    monkeypatch.setattr(command, "run", fake_pip)
     with pytest.raises(BuildError, match="DO NOT MATCH"):
         images.fill_wheelhouse(lock, wheelhouse=house, log=lambda _: None)
     assert calls and "--require-hashes" in calls[0] and "--only-binary=:all:" in calls[0]
@@ -192,7 +194,7 @@ def test_missing_unpullable_base_is_one_clear_error() -> None:
 def test_default_mirror_comes_from_the_hosts_apt_sources(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from matrix.base_image import default_mirror
+    from matrix.environments.base_image import default_mirror
 
     monkeypatch.delenv("KRM_DEBIAN_MIRROR", raising=False)
     deb822 = tmp_path / "debian.sources"

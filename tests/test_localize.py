@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matrix.compare import compare_tensors
-from matrix.drift import DEFAULT_THRESHOLDS, DriftClass
-from matrix.localize import layer_of, localize
+from matrix.analysis.compare import compare_tensors
+from matrix.analysis.drift import DEFAULT_THRESHOLDS, DriftClass
+from matrix.analysis.localize import layer_of, localize
 
 
 def forward(

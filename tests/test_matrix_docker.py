@@ -59,7 +59,7 @@ def test_matrix_run_in_docker_reports_and_caches(tmp_path: Path) -> None:
     assert (results / "tf-2.15__cpu" / "repeats" / "1" / "manifest.json").is_file()
 
     report = json.loads((results / "report" / "report.json").read_text())
-    jsonschema.validate(report, json.loads((ROOT / "matrix" / "report.schema.json").read_text()))
+    jsonschema.validate(report, json.loads((ROOT / "matrix" / "report" / "report.schema.json").read_text()))
     (cell,) = report["cells"]
     assert cell["executor"] == "docker"
     # determinism on, two fresh containers: the seeded phases agree bit for bit
@@ -69,4 +69,4 @@ def test_matrix_run_in_docker_reports_and_caches(tmp_path: Path) -> None:
 
     again = matrix("run", "--spec", str(spec), "--executor", "docker", "--results", str(results))
     assert again.returncode == 0
-    assert "0 ran, 2 cached, 0 failed" in again.stderr
+    assert "0 ran, 2 reused from the cache, 0 failed" in again.stderr

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from artifact_factory import base_tensors, planted_matrix, write_cell
 
-from matrix.render_html import embed_json
-from matrix.report import build_report
+from matrix.report.command import build_report
+from matrix.report.render_html import embed_json
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = bool(os.environ.get("CI"))

@@ -26,11 +26,18 @@ from matrix.errors import (
     ReferenceError_,
     ResultsError,
 )
-from matrix.render_json import REPORT_SCHEMA_PATH
-from matrix.report import build_report, make_findings, report_command
+from matrix.report.command import build_report, report_command
+from matrix.report.command import make_findings as _make_findings
+from matrix.report.render_json import REPORT_SCHEMA_PATH
+from matrix.report.serialize import to_json
 
 SCHEMA = json.loads(REPORT_SCHEMA_PATH.read_text())
 PINNED = "2026-01-01T00:00:00Z"
+
+
+def make_findings(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The findings as report.json holds them."""
+    return to_json(_make_findings(*args, **kwargs))
 
 
 def load_report(out: Path) -> dict[str, Any]:
@@ -354,9 +361,9 @@ def test_failed_run_recorded_by_the_scheduler(tmp_path: Path) -> None:
 
 
 def test_tensor_truncated_after_loading_fails_only_that_tensor(tmp_path: Path) -> None:
-    from matrix.artifacts import load_cell
-    from matrix.comparisons import compare_cells
-    from matrix.drift import DEFAULT_THRESHOLDS
+    from matrix.analysis.comparisons import compare_cells
+    from matrix.analysis.drift import DEFAULT_THRESHOLDS
+    from matrix.results.artifacts import load_cell
 
     big = {"s/p/big": np.arange(2_000_000, dtype=np.float32), "s/p/small": np.ones(3, np.float32)}
     a = load_cell(write_cell(tmp_path, "a", tensors=big))

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from matrix.cache import read_record
-from matrix.executors.base import CellRun, Environment
-from matrix.run import execute, make_plan, run_dir
-from matrix.spec import load_spec
-from matrix.stacks import load_catalog
+from matrix.execute.cache import read_record
+from matrix.execute.executors.base import CellRun, Environment, Prepared
+from matrix.execute.scheduler import Stop, execute, run_dir
+from matrix.plan.spec import load_spec
+from matrix.plan.stacks import load_catalog
+from matrix.plan.tasks import make_plan
 
 CATALOG = load_catalog()
 
@@ -26,20 +27,39 @@ class FakeExecutor:
     name = "venv"
 
     def __init__(
-        self, *, fail: set[str] | None = None, sleep: float = 0.0, env_error: str | None = None
+        self,
+        *,
+        fail: set[str] | None = None,
+        sleep: float = 0.0,
+        env_error: str | None = None,
+        build_seconds: dict[str, float] | None = None,
+        stop_after: tuple[Stop, int] | None = None,
     ) -> None:
         self.fail = fail or set()
         self.sleep = sleep
         self.env_error = env_error
+        self.build_seconds = build_seconds or {}
+        self.stop_after = stop_after
         self.runs: list[str] = []
+        self.events: list[str] = []  # "built X" and "ran Y", in the order they happened
         self.lock = threading.Lock()
+        self.terminated = 0
 
-    def prepare(self, env: Environment) -> str:
+    def prepare(self, env: Environment) -> Prepared:
         from matrix.errors import BuildError
 
+        time.sleep(self.build_seconds.get(env.stack.name, 0.0))
         if self.env_error and env.stack.name == self.env_error:
             raise BuildError(f"cannot build {env.name}")
-        return f"fake:{env.name}"
+        with self.lock:
+            self.events.append(f"built {env.stack.name}")
+        return Prepared(id=f"fake:{env.name}", built=True)
+
+    def terminate_all(self) -> None:
+        self.terminated += 1
+
+    def reap(self, staging: Path) -> None:
+        return None
 
     def run_cell(
         self, env, environment_id, runner_args, out_dir, *, timeout, memory, gpu, extra_env
@@ -47,6 +67,9 @@ class FakeExecutor:
         meta = json.loads(runner_args[runner_args.index("--meta") + 1])
         with self.lock:
             self.runs.append(f"{meta['id']}/{meta['repeat']}")
+            self.events.append(f"ran {meta['id']}")
+            if self.stop_after is not None and len(self.runs) >= self.stop_after[1]:
+                self.stop_after[0].request()
         time.sleep(self.sleep)
         if meta["id"] in self.fail:
             return CellRun(
@@ -154,18 +177,14 @@ def test_concurrent_runs_do_not_corrupt_each_other(tmp_path: Path) -> None:
 def test_interrupt_keeps_finished_cells_and_resumes(tmp_path: Path) -> None:
     plan = plan_for(tmp_path)
     results = tmp_path / "results"
-    fake = FakeExecutor()
-    calls = {"n": 0}
-
-    def progress(kind: str, msg: str) -> None:
-        calls["n"] += 1
-        if kind == "ok" and calls["n"] >= 4:
-            raise KeyboardInterrupt
-
-    summary = execute(plan, fake, CATALOG, results, jobs=1, progress=progress)
-    assert summary.interrupted
-    finished = {o.task.cell.id + f"/{o.task.repeat}" for o in summary.outcomes}
-    assert finished
+    stop = Stop()
+    fake = FakeExecutor(stop_after=(stop, 3))
+    summary = execute(plan, fake, CATALOG, results, jobs=1, stop=stop)
+    assert summary.interrupted and fake.terminated == 1
+    # the run during which the stop came is not recorded, as if it never started
+    finished = {o.task.cell.id + f"/{o.task.repeat}" for o in summary.outcomes if o.status == "ok"}
+    assert len(finished) == 2 and len(fake.runs) == 3
+    assert all(o.status in ("ok", "interrupted") for o in summary.outcomes)
     resumed = FakeExecutor()
     execute(plan, resumed, CATALOG, results, jobs=1)
     # nothing finished before the interrupt runs again; everything else does
@@ -181,3 +200,13 @@ def test_only_that_matches_nothing(tmp_path: Path) -> None:
     path.write_text("[axes]\nstack=['tf-2.15']\n")
     with pytest.raises(SpecError, match="no cell"):
         make_plan(load_spec(path, CATALOG), CATALOG, only=["stack=tf-2.99"])
+
+
+def test_cells_start_while_later_images_build(tmp_path: Path) -> None:
+    """Pipelining: tf-2.15's cells run while tf-2.21's image is still building."""
+    plan = plan_for(tmp_path)
+    fake = FakeExecutor(build_seconds={"tf-2.21": 0.5})
+    execute(plan, fake, CATALOG, tmp_path / "results", jobs=2)
+    second_build = fake.events.index("built tf-2.21")
+    assert any(e == "ran tf-2.15__cpu" for e in fake.events[:second_build]), fake.events
+    assert len(fake.runs) == 8

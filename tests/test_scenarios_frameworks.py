@@ -19,7 +19,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from matrix.stacks import load_catalog
+from matrix.plan.stacks import load_catalog
 from scenarios import reference as ref
 from scenarios.canonical import LSTM_SHAPE, lstm_data, mlp_data
 

@@ -6,22 +6,26 @@ import json
 
 import pytest
 
+from scenarios.contract import registry, setting_axes
 from scenarios.settings import (
-    ALL_SCENARIOS,
     CUBLAS_DETERMINISTIC,
     XLA_DETERMINISTIC_FLAG,
     Settings,
     SettingsError,
     apply_environment,
     parse_settings,
+    resolve_scenarios,
 )
 
 
-def test_defaults_are_the_frameworks_own() -> None:
+def test_defaults_are_the_contracts() -> None:
     s = parse_settings(None, {})
     assert s == Settings()
-    assert s.scenarios == ALL_SCENARIOS
+    for axis in setting_axes():
+        assert s[axis.name] == axis.to_runner(axis.default)
+    # the framework's own default where the contract says "default"
     assert s.onednn is None and s.cudnn is None and s.jit == "default"
+    assert resolve_scenarios(s, registry()).scenarios == tuple(registry())
 
 
 def test_flags_override_json_and_tristates_map_to_bool_or_none() -> None:
@@ -40,14 +44,14 @@ def test_flags_override_json_and_tristates_map_to_bool_or_none() -> None:
     assert s.onednn is False
     assert s.threads == 1  # the flag wins
     assert s.cudnn is None
-    # Run order is the catalogue's, whatever order was asked.
-    assert s.scenarios == ("seeded_mlp", "initializers")
+    # Scenarios run in the order asked.
+    assert s.scenarios == ("initializers", "seeded_mlp")
 
 
 def test_scenarios_from_a_comma_list() -> None:
     assert parse_settings(None, {"scenarios": "precision, stateful_lstm"}).scenarios == (
-        "stateful_lstm",
         "precision",
+        "stateful_lstm",
     )
 
 
@@ -63,13 +67,15 @@ def test_scenarios_from_a_comma_list() -> None:
         ('{"colour": "red"}', {}, "unknown setting"),
         (None, {"jit": "maybe"}, "jit"),
         (None, {"inject_failure": "nope"}, "inject_failure"),
+        (None, {"scenarios": ""}, "at least one"),
+        ("[" * 100000, {}, "not valid JSON"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(
     text: str | None, overrides: dict, needle: str
 ) -> None:
     with pytest.raises(SettingsError, match=needle):
-        parse_settings(text, overrides)
+        resolve_scenarios(parse_settings(text, overrides), registry())
 
 
 def test_environment_for_determinism_on_tensorflow() -> None:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from matrix.errors import SpecError
-from matrix.spec import load_spec
-from matrix.stacks import load_catalog
+from matrix.plan.spec import load_spec
+from matrix.plan.stacks import load_catalog
 
 SPECS = Path(__file__).resolve().parent.parent / "matrix"
 
@@ -41,7 +41,7 @@ def test_defaults(tmp_path: Path) -> None:
         ("[axes]\nprecision = ['float32']\n", "axes.stack is required"),
         (
             "[axes]\nstack = ['tf-2.15']\n[matrix]\nrepeats = 0\n",
-            "matrix.repeats must be a whole number >= 1",
+            "matrix.repeats must be a whole number from 1 to 100",
         ),
         ("[axes]\nstack = ['tf-2.15']\n[matrix]\ncolour = 1\n", "unknown key matrix.colour"),
         (

@@ -83,11 +83,11 @@ def test_list_json_is_a_ci_matrix(spec: str) -> None:
 
 
 def test_each_fan_out_job_runs_exactly_its_cell() -> None:
-    from matrix.cells import parse_shard
     from matrix.cli import list_json
-    from matrix.run import make_plan
-    from matrix.spec import load_spec
-    from matrix.stacks import load_catalog
+    from matrix.plan.cells import parse_shard
+    from matrix.plan.spec import load_spec
+    from matrix.plan.stacks import load_catalog
+    from matrix.plan.tasks import make_plan
 
     catalog = load_catalog()
     spec = load_spec(ROOT / "matrix" / "full.toml", catalog)

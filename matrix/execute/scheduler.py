@@ -1,0 +1,416 @@
+"""Run the tasks of a plan: parallel, cached, resumable, pipelined.
+
+``execute`` is the I/O edge that prepares environments, runs every (cell,
+repeat) through an executor and moves finished artifacts into
+``RESULTS/<cell-id>/`` (repeats under ``RESULTS/<cell-id>/repeats/<n>/``).
+
+Environments are prepared one after another by a builder thread while the
+cells of those already prepared run: a cell starts as soon as its image
+exists (builds are mostly I/O and one core; cells are CPU).
+
+Safety properties:
+- a run's files are moved into place with the manifest last and ``run.json``
+  after it, so an interrupted move never looks finished or cached;
+- each (cell, repeat) is guarded by a file lock, so two schedulers on one
+  results directory serialise on the same cell instead of corrupting it, and
+  the second finds it cached; under the lock, what a killed scheduler left
+  running for that cell (a container, a process) is stopped first;
+- :meth:`Stop.request` (the CLI calls it on SIGINT/SIGTERM) ends the running
+  cells, starts no new one, keeps every finished cell and records nothing
+  for the interrupted ones: the next run resumes where this one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from matrix.console import RunProgress
+from matrix.errors import BuildError, DiskFullError
+from matrix.execute.cache import cache_key, cached, scenarios_hash
+from matrix.execute.executors.base import CellRun, Environment, Executor
+from matrix.execute.planfile import atomic_write, write_plan
+from matrix.paths import SCENARIOS
+from matrix.plan.cells import runner_args
+from matrix.plan.stacks import Stack
+from matrix.plan.tasks import RunPlan, Task
+from scenarios.contract import ARTIFACT_FILES, MANIFEST, RUN_RECORD
+
+__all__ = ["RunOutcome", "RunSummary", "Stop", "execute", "run_dir"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOutcome:
+    task: Task
+    status: str  # "ok", "cached", "failed", "interrupted"
+    seconds: float
+    reason: str | None = None
+
+
+@dataclass(kw_only=True)
+class RunSummary:
+    outcomes: list[RunOutcome] = field(default_factory=list)
+    interrupted: bool = False
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: environments that could not be built: name -> reason
+    build_errors: dict[str, str] = field(default_factory=dict)
+    #: environment name -> (seconds, built: False when it was already there)
+    environments: dict[str, tuple[float, bool]] = field(default_factory=dict)
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+class Stop:
+    """A stop request, safe to call from a signal handler: it only sets a flag
+    and asks the executor to end what it runs."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._terminate: list[Callable[[], None]] = []
+
+    def on_stop(self, fn: Callable[[], None]) -> None:
+        self._terminate.append(fn)
+
+    def request(self) -> None:
+        first = not self._event.is_set()
+        self._event.set()
+        if first:
+            # Off the signal handler's stack: killing containers takes docker calls.
+            threading.Thread(target=self._end_all, name="stop", daemon=True).start()
+
+    def _end_all(self) -> None:
+        for fn in self._terminate:
+            with contextlib.suppress(Exception):
+                fn()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        return self._event.wait(seconds)
+
+
+def run_dir(results: Path, cell_id: str, repeat: int) -> Path:
+    base = results / cell_id
+    return base if repeat == 0 else base / "repeats" / str(repeat)
+
+
+_DONE = object()
+
+
+def execute(
+    plan: RunPlan,
+    executor: Executor,
+    catalog: Mapping[str, Stack],
+    results: Path,
+    *,
+    jobs: int,
+    use_cache: bool = True,
+    progress: RunProgress | None = None,
+    stop: Stop | None = None,
+) -> RunSummary:
+    """Run every task of the plan. Never raises for a failing cell: that is
+    recorded in its run.json and in the summary. Raises DiskFullError (after
+    keeping what finished) when the disk is full."""
+    stop = stop or Stop()
+    stop.on_stop(executor.terminate_all)
+    summary = RunSummary()
+    results = results.absolute()
+    results.mkdir(parents=True, exist_ok=True)
+    write_plan(results, plan)
+    scen_hash = scenarios_hash(SCENARIOS)
+    started = time.monotonic()
+
+    order = {(t.cell.id, t.repeat): n for n, t in enumerate(plan.tasks)}
+    by_env: dict[str, list[Task]] = {}
+    for task in plan.tasks:
+        by_env.setdefault(task.cell.environment, []).append(task)
+    ready: queue.PriorityQueue[tuple[int, Any]] = queue.PriorityQueue()
+    lock = threading.Lock()
+    env_ids: dict[str, str] = {}
+    fatal: list[BaseException] = []
+
+    def report(outcome: RunOutcome) -> None:
+        with lock:
+            summary.outcomes.append(outcome)
+        if progress is not None and outcome.status != "interrupted":
+            label = f"{outcome.task.cell.id} r{outcome.task.repeat}"
+            progress.run(label, outcome.status, outcome.seconds, outcome.reason)
+
+    def build() -> None:
+        try:
+            for stack_name, target in plan.environments:
+                env = Environment(stack=catalog[stack_name], target=target)
+                if stop.is_set():
+                    break
+                t0 = time.monotonic()
+                try:
+                    prepared = executor.prepare(env)
+                except BuildError as exc:
+                    seconds = time.monotonic() - t0
+                    if stop.is_set():
+                        break  # a build killed by the stop is no build failure
+                    summary.build_errors[env.name] = exc.message
+                    if progress is not None:
+                        progress.image(env.name, seconds, built=True, error=exc.message)
+                    for task in by_env[env.name]:
+                        outcome = RunOutcome(
+                            task=task, status="failed", seconds=0.0,
+                            reason=f"environment: {exc.message}",
+                        )  # fmt: skip
+                        _record_failure(results, task, outcome, executor.name, None)
+                        report(outcome)
+                    continue
+                seconds = time.monotonic() - t0
+                summary.environments[env.name] = (seconds, prepared.built)
+                if progress is not None:
+                    progress.image(env.name, seconds, built=prepared.built)
+                env_ids[env.name] = prepared.id
+                for task in by_env[env.name]:
+                    ready.put((order[(task.cell.id, task.repeat)], task))
+        except BaseException as exc:  # DiskFullError and bugs alike end the run
+            fatal.append(exc)
+            stop.request()
+        finally:
+            summary.stage_seconds["environments"] = time.monotonic() - started
+            for _ in range(jobs):
+                ready.put((len(order), _DONE))
+
+    def work() -> None:
+        while True:
+            _, item = ready.get()
+            if item is _DONE:
+                return
+            task: Task = item
+            if stop.is_set():
+                continue
+            try:
+                outcome = _run_task(
+                    task, plan, executor, catalog, results,
+                    env_ids[task.cell.environment], scen_hash, use_cache=use_cache, stop=stop,
+                )  # fmt: skip
+            except BaseException as exc:
+                fatal.append(exc)
+                stop.request()
+                continue
+            report(outcome)
+
+    threads = [threading.Thread(target=build, name="builder", daemon=True)]
+    threads += [
+        threading.Thread(target=work, name=f"cell-{n}", daemon=True) for n in range(max(1, jobs))
+    ]
+    for thread in threads:
+        thread.start()
+    # The main thread only waits, so that signals reach their handlers at once.
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.2)
+    summary.stage_seconds["cells"] = time.monotonic() - started
+    summary.interrupted = stop.is_set() and not fatal
+    for exc in fatal:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise DiskFullError(
+                f"{results}: no space left on the device; free some space "
+                "(docker system prune, .cache/) and run again: finished cells are kept"
+            ) from None
+        raise exc
+    return summary
+
+
+def _run_task(
+    task: Task,
+    plan: RunPlan,
+    executor: Executor,
+    catalog: Mapping[str, Stack],
+    results: Path,
+    environment_id: str,
+    scen_hash: str,
+    *,
+    use_cache: bool,
+    stop: Stop,
+) -> RunOutcome:
+    cell, repeat = task.cell, task.repeat
+    args = runner_args(cell, plan.spec)
+    key = cache_key(
+        environment_id=environment_id,
+        scenarios=scen_hash,
+        runner_args=args,
+        repeat=repeat,
+        executor=executor.name,
+    )
+    target = run_dir(results, cell.id, repeat)
+    with _cell_lock(results, cell.id, repeat, stop) as locked:
+        if not locked or stop.is_set():
+            return RunOutcome(task=task, status="interrupted", seconds=0.0)
+        _reap_stale(results, cell.id, repeat, executor)
+        if use_cache and cached(target, key):
+            return RunOutcome(task=task, status="cached", seconds=0.0)
+        meta = {
+            "id": cell.id,
+            "axes": cell.axes,
+            "executor": executor.name,
+            "repeat": repeat,
+            "environment_id": environment_id,
+        }
+        staging = results / ".staging" / f"{cell.id}.{repeat}.{uuid.uuid4().hex[:8]}"
+        try:
+            staging.mkdir(parents=True)
+            out = staging / "artifact"
+            env = Environment(stack=catalog[cell.stack], target=cell.target)
+            run = executor.run_cell(
+                env,
+                environment_id,
+                [*args, "--meta", json.dumps(meta, sort_keys=True)],
+                out,
+                timeout=plan.spec.timeout,
+                memory=plan.spec.memory,
+                gpu=cell.gpu,
+                extra_env={},
+            )
+            if stop.is_set():
+                return RunOutcome(task=task, status="interrupted", seconds=run.seconds)
+            reason = run.reason
+            if reason is None and not (out / MANIFEST).is_file():
+                reason = "the runner exited 0 but left no manifest.json"
+            if reason is not None:
+                outcome = RunOutcome(task=task, status="failed", seconds=run.seconds, reason=reason)
+                _record_failure(results, task, outcome, executor.name, environment_id, run)
+                return outcome
+            _install(out, target)
+            _write_record(
+                target,
+                {
+                    "status": "ok",
+                    "cache_key": key,
+                    "seconds": round(run.seconds, 3),
+                    "executor": executor.name,
+                    "environment_id": environment_id,
+                },
+                task,
+            )
+            return RunOutcome(task=task, status="ok", seconds=run.seconds)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _reap_stale(results: Path, cell_id: str, repeat: int, executor: Executor) -> None:
+    """Staging directories of this (cell, repeat) that no live scheduler owns
+    (we hold its lock): a killed scheduler's. Stop what it left running."""
+    root = results / ".staging"
+    if not root.is_dir():
+        return
+    for stale in root.glob(f"{_glob_escape(cell_id)}.{repeat}.*"):
+        with contextlib.suppress(Exception):
+            executor.reap(stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def _install(artifact: Path, target: Path) -> None:
+    """Move an artifact into its run directory, manifest last.
+
+    A stale record and manifest go first, so a crash mid-way leaves a
+    directory that reads as 'not finished', never as an old or mixed result.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (RUN_RECORD, MANIFEST):
+        with contextlib.suppress(FileNotFoundError):
+            (target / name).unlink()
+    for name in ARTIFACT_FILES:
+        src = artifact / name
+        if src.exists():
+            os.replace(src, target / name)
+    _fsync_dir(target)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _record_failure(
+    results: Path,
+    task: Task,
+    outcome: RunOutcome,
+    executor: str,
+    environment_id: str | None,
+    run: CellRun | None = None,
+) -> None:
+    target = run_dir(results, task.cell.id, task.repeat)
+    target.mkdir(parents=True, exist_ok=True)
+    # A failed run replaces whatever was there: an old success would
+    # otherwise be reported as this run's result.
+    for name in (RUN_RECORD, *ARTIFACT_FILES):
+        with contextlib.suppress(FileNotFoundError):
+            (target / name).unlink()
+    if run is not None and run.output_tail:
+        atomic_write(target / "log.txt", run.output_tail + "\n")
+    _write_record(
+        target,
+        {
+            "status": "failed",
+            "reason": outcome.reason,
+            "seconds": round(outcome.seconds, 3),
+            "executor": executor,
+            "environment_id": environment_id,
+        },
+        task,
+    )
+
+
+def _write_record(target: Path, data: dict[str, Any], task: Task) -> None:
+    record = {
+        "cell": task.cell.id,
+        "axes": task.cell.axes,
+        "repeat": task.repeat,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **data,
+    }
+    atomic_write(target / RUN_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def _cell_lock(results: Path, cell_id: str, repeat: int, stop: Stop) -> Iterator[bool]:
+    """Hold the (cell, repeat) lock; yields False when a stop came first.
+
+    Polled rather than blocking, so that a stop request is seen while another
+    scheduler runs this cell."""
+    locks = results / ".locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / f"{cell_id}.{repeat}.lock", "w") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if stop.wait(0.2):
+                    yield False
+                    return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,82 @@
+"""The plan of one run: which cells this shard runs, how often, against
+which reference. Pure data from a spec; the scheduler executes it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from matrix.errors import SpecError
+from matrix.plan.cells import Cell, expand, filter_cells, resolve_reference, shard
+from matrix.plan.spec import LIMITS, Spec
+from matrix.plan.stacks import Stack
+
+__all__ = ["RunPlan", "Task", "make_plan"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """One run of one cell: repeat 0 is the primary run, the rest its repeats."""
+
+    cell: Cell
+    repeat: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPlan:
+    spec: Spec
+    cells: tuple[Cell, ...]  # this shard's cells
+    all_cells: tuple[Cell, ...]  # every cell of the (filtered) matrix, for the report
+    reference: str
+    repeats: int
+    shard: tuple[int, int] | None = None
+    #: why the reference is not the spec's (it was filtered out by --only), or None
+    reference_note: str | None = None
+
+    @property
+    def environments(self) -> list[tuple[str, str]]:
+        """(stack, target) of every image or venv this shard needs, in order."""
+        return list(dict.fromkeys((c.stack, c.target) for c in self.cells))
+
+    @property
+    def tasks(self) -> list[Task]:
+        # Repeat 0 of every cell first: a short run gives a full first picture.
+        return [Task(cell=c, repeat=r) for r in range(self.repeats) for c in self.cells]
+
+
+def make_plan(
+    spec: Spec,
+    catalog: Mapping[str, Stack],
+    *,
+    only: Sequence[str] = (),
+    shard_spec: tuple[int, int] | None = None,
+    repeats: int | None = None,
+    reference: str | None = None,
+) -> RunPlan:
+    if repeats is not None and not 1 <= repeats <= LIMITS.repeats:
+        raise SpecError(f"--repeats must be from 1 to {LIMITS.repeats}")
+    everything = expand(spec, catalog)
+    # The spec's own reference must name one of its cells, filtered or not.
+    spec_ref = resolve_reference(spec, everything)
+    cells = filter_cells(everything, only)
+    if not cells:
+        raise SpecError(f"--only {' '.join(only)}: no cell of {spec.path} matches")
+    note = None
+    if reference is not None:
+        ref = resolve_reference(spec, cells, reference)
+    elif any(c.id == spec_ref for c in cells):
+        ref = spec_ref
+    else:
+        # Resolved on the whole filtered matrix, so every shard agrees.
+        ref = cells[0].id
+        note = f"the spec's reference {spec_ref} is not among the cells --only kept; using {ref}"
+    mine = shard(cells, *shard_spec) if shard_spec else cells
+    return RunPlan(
+        spec=spec,
+        cells=tuple(mine),
+        all_cells=tuple(cells),
+        reference=ref,
+        repeats=repeats if repeats is not None else spec.repeats,
+        shard=shard_spec,
+        reference_note=note,
+    )

@@ -1,0 +1,3 @@
+"""Report: serialise the findings and render them as report.json, report.md, index.html and
+junit.xml.
+"""

@@ -1,0 +1,142 @@
+"""report.md: short enough for a CI step summary.
+
+Verdict counts, the attribution table (the heart of the report), the cells
+that differ from the reference, failures and problems; each list is capped
+and says how much it left out.  Every artifact string is escaped: GitHub
+renders HTML inside Markdown.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+
+from matrix.analysis.findings import Findings, PhaseEffect
+
+__all__ = ["md", "render_markdown"]
+
+MAX_ROWS = 40
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|#~!"})
+
+
+def md(text: object) -> str:
+    """Escape text for a Markdown table cell or line: HTML, Markdown syntax, newlines."""
+    flat = " ".join(str(text).split())
+    return html.escape(flat, quote=True).translate(_MD_SPECIAL)
+
+
+def _capped(rows: Sequence[str], total: int, what: str) -> list[str]:
+    out = list(rows[:MAX_ROWS])
+    if total > MAX_ROWS:
+        out.append(f"\n… and {total - MAX_ROWS} more {what}: see index.html / report.json.")
+    return out
+
+
+def _phases_text(phases: Sequence[PhaseEffect]) -> str:
+    """'init identical, train rounding (max 4 ULP), forward drift (max rel 4e-03)'."""
+    parts = []
+    for p in phases:
+        text = f"{md(p.phase)} {p.verdict}"
+        if p.verdict == "rounding" and math.isfinite(p.max_ulp):
+            text += f" (max {p.max_ulp:g} ULP)"
+        elif p.verdict in ("drift", "divergent") and math.isfinite(p.max_rel):
+            text += f" (max rel {p.max_rel:.1e})"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def render_markdown(findings: Findings) -> str:
+    s = findings.summary
+    ref = findings.reference.cell
+    lines = [
+        "# Keras reproducibility matrix",
+        "",
+        f"{s.cells} cells · reference cell **{md(ref)}** "
+        f"({findings.reference.chosen_by}) · generated {md(findings.generated_at)}",
+        "",
+        f"**Outcome:** {md(s.outcome)} (exit code {s.exit_code})",
+        "",
+        "## Verdicts (scenario phases)",
+        "",
+        "| class | vs reference cell | vs float64 oracle | across repeats |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    by = s.by_class
+    for cls in findings.classes:
+        counts = [by[k][cls.name] for k in ("reference", "oracle", "repeat")]
+        if any(counts):
+            lines.append(f"| {cls.name} | {counts[0]} | {counts[1]} | {counts[2]} |")
+    varying = s.expected_to_vary
+    if any(varying.values()):
+        lines += [
+            "",
+            f"Not counted: {varying['reference']} / {varying['oracle']} / {varying['repeat']} "
+            "phase comparisons the scenarios mark as unseeded on purpose (expected to vary).",
+        ]
+    lines += ["", "## Attribution: what changing one axis alone does", ""]
+    rows = findings.attribution
+    if rows:
+        lines += [
+            "| axis | change | verdict | per phase | pairs |",
+            "| --- | --- | --- | --- | ---: |",
+        ]
+        body = [
+            f"| {md(r.axis)} | {md(r.before)} → {md(r.after)} | {r.verdict} | "
+            f"{_phases_text(r.phases)} | {len(r.pairs)} |"
+            for r in rows
+        ]
+        lines += _capped(body, len(body), "attribution rows")
+    else:
+        lines.append("No two cells differ in exactly one axis.")
+    differing = []
+    for comp in findings.comparisons_of("reference"):
+        if comp.verdict in ("identical", "unsupported"):
+            continue
+        bad = [
+            f"{md(p.column)} {p.verdict}"
+            for p in comp.phases
+            if p.verdict != "identical" and not p.expected_to_vary
+        ]
+        differing.append(f"| {md(comp.candidate)} | {comp.verdict} | {', '.join(bad)} |")
+    lines += ["", "## Cells that differ from the reference", ""]
+    if differing:
+        lines += ["| cell | worst | phases |", "| --- | --- | --- |"]
+        lines += _capped(differing, len(differing), "cells")
+    else:
+        lines.append("None: every cell is bitwise identical to the reference.")
+    failures = []
+    for cell in findings.cells:
+        if cell.problem:
+            failures.append(f"- **{md(cell.id)}** ({cell.status}): {md(cell.problem)}")
+        for sc in cell.scenarios:
+            if sc.status == "failed":
+                err = sc.error
+                kind, message = (err.type, err.message) if err else ("?", "no error recorded")
+                failures.append(f"- **{md(cell.id)}** {md(sc.name)}: {md(kind)}: {md(message)}")
+    if failures:
+        lines += ["", "## Failures", "", *_capped(failures, len(failures), "failures")]
+    problems = [f"- {md(p.message)}" for p in findings.problems]
+    if problems:
+        lines += [
+            "",
+            "## Problems with the input",
+            "",
+            *_capped(problems, len(problems), "problems"),
+        ]
+    nondet = s.nondeterministic_cells
+    if nondet:
+        lines += [
+            "",
+            f"**Not deterministic across repeats:** {', '.join(md(c) for c in nondet[:MAX_ROWS])}",
+        ]
+    lines += [
+        "",
+        "Classes: identical (same bits) < rounding (within the dtype's rounding tolerance) "
+        "< drift < divergent (beyond the divergence threshold, NaN/Inf on one side, "
+        "shape change); "
+        "failed / missing: no tensor. ULP = units in the last place of the tensor's dtype.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Results: read artifact directories (manifests, streamed tensors) and results directories."""

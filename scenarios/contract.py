@@ -1,0 +1,389 @@
+"""The contract between the host (``matrix``) and the runner (``scenarios``),
+declared once and read by both sides.
+
+* **Axes**: every dimension of a matrix, with its allowed values, its default,
+  whether it selects an environment (an image or a venv) or a setting of one
+  run, how a value shows in a cell id and how the runner holds it. Spec
+  validation, cell expansion, the runner's command line and its settings are
+  all built from :data:`AXES`.
+* **Scenarios**: registered by the :func:`scenario` decorator, as nox
+  registers sessions; :func:`registry` imports the built-in ones from
+  ``scenarios/library/``. Their phases sort by :data:`PHASES`.
+* **Artifacts**: schema id and version and the file names a cell leaves.
+
+Standard library only: the runner reads this module before NumPy or any
+framework is imported (they read thread and ISA variables once, at import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+__all__ = [
+    "ARTIFACT_FILES",
+    "AXES",
+    "EXECUTORS",
+    "LOG",
+    "MANIFEST",
+    "OPTIONS",
+    "ORACLE_PREFIX",
+    "PHASES",
+    "PLAN",
+    "RUN_RECORD",
+    "SCHEMA_ID",
+    "SCHEMA_VERSION",
+    "TENSORS",
+    "Axis",
+    "AxisError",
+    "Option",
+    "Scenario",
+    "axis",
+    "environment_axes",
+    "phase_rank",
+    "registry",
+    "scenario",
+    "setting_axes",
+]
+
+# ---- artifacts ----------------------------------------------------------------
+
+SCHEMA_ID = "keras-repro-matrix/artifact"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+TENSORS = "tensors.npz"
+LOG = "log.txt"
+#: Written in this order: the manifest last, so its presence means the rest is there.
+ARTIFACT_FILES = (TENSORS, LOG, MANIFEST)
+#: Keys of float64 oracle tensors start with this; the rest is the key they are an oracle for.
+ORACLE_PREFIX = "reference/"
+#: The scheduler's record of one run beside (or instead of) its artifact.
+RUN_RECORD = "run.json"
+#: What a results directory needs beyond its artifacts: cell order, reference, tolerances.
+PLAN = "plan.json"
+#: Who ran a cell, as the manifest records it ("manual": ``python -m scenarios`` by hand).
+EXECUTORS = ("docker", "venv", "host", "manual")
+
+
+class AxisError(ValueError):
+    """A value an axis does not allow; the message names the axis and what it allows."""
+
+
+AxisValue = str | int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Axis:
+    """One dimension of the matrix.
+
+    ``selects`` is ``environment`` (the value picks the image or venv: the
+    runner never sees it) or ``setting`` (the runner applies it, through the
+    option ``--<name>``). ``runner`` says how the runner holds the value:
+    ``choice`` as given, ``switch`` on/off as a bool, ``tristate`` on/off/
+    default as True/False/None (None: leave the framework's default),
+    ``count`` a whole number >= 0.
+
+    In a cell id an axis at its default is left out, so adding an axis
+    renames no existing cell; ``label`` formats any other value.
+    """
+
+    name: str
+    selects: str
+    default: AxisValue
+    choices: tuple[str, ...] = ()  # empty: checked elsewhere (stack: the catalog)
+    runner: str = "choice"
+    label: str = "{name}-{value}"
+    help: str = ""
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value: Any) -> AxisValue:
+        """The value in its canonical form (TOML booleans read as on/off), or AxisError."""
+        if self.runner == "count":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise AxisError(f"{self.name} must be a whole number >= 0 (got {_show(value)})")
+            return value
+        if isinstance(value, bool) and "on" in self.choices:
+            value = "on" if value else "off"
+        if not isinstance(value, str):
+            raise AxisError(f"{self.name} must be a string (got {_show(value)})")
+        if self.choices and value not in self.choices:
+            raise AxisError(
+                f"{self.name}: {_show(value)} is not allowed (allowed: {', '.join(self.choices)})"
+            )
+        return value
+
+    def to_runner(self, value: AxisValue) -> Any:
+        """The value as the runner's settings hold it."""
+        if self.runner == "switch":
+            return value == "on"
+        if self.runner == "tristate":
+            return {"on": True, "off": False}.get(str(value))
+        return value
+
+    def from_text(self, text: str) -> AxisValue:
+        """Parse a command-line value (the runner's flags)."""
+        if self.runner == "count":
+            try:
+                return self.check(int(text))
+            except ValueError:
+                raise AxisError(f"{self.name} must be a whole number >= 0 (got {text!r})") from None
+        return self.check(text)
+
+    def id_part(self, value: AxisValue) -> str:
+        return self.label.format(name=self.name, value=value)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_ON_OFF = ("on", "off")
+_TRISTATE = ("on", "off", "default")
+
+#: Every axis, in cell-id order. Append new axes with a default that means
+#: "as before", so that no existing cell id changes.
+AXES: tuple[Axis, ...] = (
+    Axis(
+        name="stack",
+        selects="environment",
+        default="",
+        help="a framework stack from matrix/stacks.toml: one image or venv per target",
+    ),
+    Axis(
+        name="target",
+        selects="environment",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="the build an environment installs: cpu, or cuda (GPU wheels)",
+    ),
+    Axis(
+        name="device",
+        selects="setting",
+        default="cpu",
+        choices=("cpu", "gpu"),
+        help="cpu hides GPUs (CUDA_VISIBLE_DEVICES=''); gpu requires a visible GPU, "
+        "else every scenario is recorded as unsupported",
+    ),
+    Axis(
+        name="precision",
+        selects="setting",
+        default="float32",
+        choices=("float32", "mixed_float16", "mixed_bfloat16"),
+        label="{value}",
+        help="dtype policy of the precision scenario; the other scenarios always run "
+        "float32 so they stay comparable across this axis",
+    ),
+    Axis(
+        name="determinism",
+        selects="setting",
+        default="on",
+        choices=_ON_OFF,
+        runner="switch",
+        label="det-{value}",
+        help="op determinism: TF enable_op_determinism + TF_DETERMINISTIC_OPS, torch "
+        "use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG, JAX --xla_gpu_deterministic_ops",
+    ),
+    Axis(
+        name="onednn",
+        selects="setting",
+        default="default",
+        choices=_TRISTATE,
+        runner="tristate",
+        help="oneDNN kernels: TF_ENABLE_ONEDNN_OPTS before import; torch.backends.mkldnn; "
+        "default leaves the framework's own choice",
+    ),
+    Axis(
+        name="threads",
+        selects="setting",
+        default=0,
+        runner="count",
+        help="intra/inter-op threads and OMP_NUM_THREADS; 0 = all cores",
+    ),
+    Axis(
+        name="jit",
+        selects="setting",
+        default="default",
+        choices=_TRISTATE,
+        help="compile(jit_compile=...) for every model (XLA on TF/JAX, torch.compile on "
+        "torch); default leaves Keras' own choice",
+    ),
+    Axis(
+        name="cudnn",
+        selects="setting",
+        default="default",
+        choices=_TRISTATE,
+        runner="tristate",
+        help="allow the LSTM's cuDNN kernel; only meaningful on GPU",
+    ),
+)
+
+_BY_NAME = {a.name: a for a in AXES}
+
+
+def axis(name: str) -> Axis:
+    """The axis called ``name``; AxisError names the known ones."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise AxisError(f"unknown axis {_show(name)} (axes: {', '.join(_BY_NAME)})") from None
+
+
+def environment_axes() -> tuple[Axis, ...]:
+    return tuple(a for a in AXES if a.selects == "environment")
+
+
+def setting_axes() -> tuple[Axis, ...]:
+    return tuple(a for a in AXES if a.selects == "setting")
+
+
+# ---- run options that are not axes ----------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Option:
+    """A runner option that is not an axis: it is the same in every cell of a spec.
+
+    ``spec`` is True when a spec's ``[runner]`` table may set it.
+    """
+
+    name: str
+    default: Any
+    kind: str  # "scenarios" (names), "count", "flag", "scenario" (one name or none)
+    spec: bool = True
+    help: str = ""
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        name="scenarios",
+        default=None,  # None: every registered scenario
+        kind="scenarios",
+        help="the scenarios to run, in this order (default: every built-in one)",
+    ),
+    Option(
+        name="unseeded_repeats",
+        default=3,
+        kind="count",
+        help="unseeded MLP trainings summarised by mean and std of the MSE",
+    ),
+    Option(
+        name="quick",
+        default=False,
+        kind="flag",
+        spec=False,
+        help="a tenth of the epochs: for smoke tests, not for comparisons",
+    ),
+    Option(
+        name="inject_failure",
+        default=None,
+        kind="scenario",
+        spec=False,
+        help="TEST ONLY: raise a deliberate error inside this scenario, to prove a failure "
+        "is recorded while the other scenarios still run",
+    ),
+)
+
+
+# ---- scenarios and phases -------------------------------------------------------------
+
+#: The standard phases, in the order a reader follows a scenario (DESIGN.md):
+#: seeded init, inference from canonical weights, training from them, what a
+#: user who only sets a seed sees. Other phases follow them, alphabetically.
+PHASES = ("init", "forward", "train", "seeded_train")
+
+
+def phase_rank(phase: str) -> tuple[int, str]:
+    """Sort key of a phase name: the standard phases first, in reading order."""
+    return (PHASES.index(phase) if phase in PHASES else len(PHASES), phase)
+
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    """A registered scenario: ``run(ctx)`` writes tensors ``name/phase/tensor``."""
+
+    name: str
+    phases: tuple[str, ...]
+    summary: str
+    run: Callable[[Any], None] = field(compare=False, repr=False)
+    module: str = ""
+
+
+_REGISTRY: dict[str, Scenario] = {}
+_LIBRARY = "scenarios.library"
+
+
+def scenario(name: str, *, phases: Sequence[str], summary: str) -> Callable[[_F], _F]:
+    """Register ``run(ctx)`` as scenario ``name`` with the phases it writes."""
+    if not _NAME.match(name):
+        raise ValueError(f"scenario name {name!r}: lower case letters, digits and _ only")
+    bad = [p for p in phases if not _NAME.match(p)]
+    if bad or not phases:
+        raise ValueError(f"scenario {name}: phases must be names like 'forward' (got {bad})")
+
+    def register(fn: _F) -> _F:
+        held = _REGISTRY.get(name)
+        if held is not None and held.module != fn.__module__:
+            raise ValueError(
+                f"scenario {name} is registered twice ({held.module}, {fn.__module__})"
+            )
+        _REGISTRY[name] = Scenario(
+            name=name,
+            phases=tuple(sorted(dict.fromkeys(phases), key=phase_rank)),
+            summary=summary,
+            run=fn,
+            module=fn.__module__,
+        )
+        return fn
+
+    return register
+
+
+def _library_modules() -> Iterator[str]:
+    package = importlib.import_module(_LIBRARY)
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            yield info.name
+
+
+def _broken(name: str, module: str, exc: BaseException) -> Scenario:
+    """A built-in scenario whose module does not import: it fails, the others run."""
+    message = f"scenario module {module} could not be imported: {type(exc).__name__}: {exc}"
+
+    def run(ctx: Any) -> None:
+        raise ImportError(message)
+
+    return Scenario(name=name, phases=("run",), summary=message, run=run, module=module)
+
+
+def registry() -> Mapping[str, Scenario]:
+    """Every registered scenario, the built-in ones first (sorted by name).
+
+    Each built-in module ``scenarios/library/<name>.py`` registers the
+    scenario ``<name>``; one that fails to import becomes a scenario that
+    fails, so the others still run. Importing them loads NumPy but no
+    framework: the runner calls this only after its settings are in the
+    environment.
+    """
+    for name in _library_modules():
+        module = f"{_LIBRARY}.{name}"
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # broad on purpose: one broken module is one failed scenario
+            _REGISTRY.setdefault(name, _broken(name, module, exc))
+    return dict(_REGISTRY)
