@@ -117,6 +117,19 @@ def _run_parser() -> argparse.ArgumentParser:
         help="container engine for --executor docker (default: $KRM_ENGINE or docker)",
     )
     p.add_argument(
+        "--base",
+        default=None,
+        help="base image for the environment images (default: python:3.11-slim when it can "
+        "be pulled, else the local Debian bootstrap; also $KRM_BASE_IMAGE)",
+    )
+    p.add_argument(
+        "--build-mode",
+        choices=("wheelhouse", "index"),
+        default="wheelhouse",
+        help="wheelhouse: the host downloads the locked wheels, builds need no network "
+        "(default); index: builds fetch from the package index",
+    )
+    p.add_argument(
         "--python", default=None, help="interpreter for --executor host (default: python3 on PATH)"
     )
     p.add_argument(
@@ -193,13 +206,15 @@ def cmd_run(argv: list[str]) -> int:
         from matrix.environments.engine import select_engine
 
         select_engine(opts.engine)
+    if opts.base:
+        os.environ["KRM_BASE_IMAGE"] = opts.base  # the one place every image reads it
     executor_name = opts.executor or spec.executor
     if opts.dry_run:
         if executor_name == "auto":
             executor_name = "docker" if _engine_answers() else "venv"
         return _dry_run(plan, executor_name, results, catalog)
 
-    executor = select_executor(executor_name, opts.python)
+    executor = select_executor(executor_name, opts.python, build_mode=opts.build_mode)
     jobs = opts.jobs or default_jobs()
     console.line(
         (spec.name, "bold"),
@@ -387,7 +402,9 @@ def _engine_answers() -> bool:
     return True
 
 
-def select_executor(name: str, python: str | None = None) -> Executor:
+def select_executor(
+    name: str, python: str | None = None, *, build_mode: str = "wheelhouse"
+) -> Executor:
     if name == "host":
         from matrix.execute.executors.host import HostExecutor
 
@@ -409,7 +426,7 @@ def select_executor(name: str, python: str | None = None) -> Executor:
         return VenvExecutor()
     from matrix.execute.executors.docker import DockerExecutor
 
-    return DockerExecutor(log=_build_log)
+    return DockerExecutor(mode=build_mode, log=_build_log)
 
 
 def _build_log(message: str) -> None:
@@ -421,7 +438,10 @@ def cmd_images(argv: list[str]) -> int:
     p.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
     p.add_argument("--only", action="append", default=[])
     p.add_argument("--engine", choices=("docker", "podman"), default=None)
+    p.add_argument("--base", default=None, help="base image (default: see nox -s matrix)")
     opts = p.parse_args(argv)
+    if opts.base:
+        os.environ["KRM_BASE_IMAGE"] = opts.base
     catalog = load_catalog()
     plan = make_plan(load_spec(opts.spec, catalog), catalog, only=opts.only)
     from matrix.environments.engine import check_engine, select_engine

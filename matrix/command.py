@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-__all__ = ["Result", "run", "terminate_all"]
+__all__ = ["Result", "reset", "run", "stopping", "terminate_all"]
 
 #: Lines of output a result keeps (the tail): enough for errors and logs.
 TAIL_LINES = 400
@@ -62,7 +62,6 @@ class _Live:
     killed_by_stop: bool = False
 
 
-_LIVE: set[int] = set()
 _ENTRIES: dict[int, _Live] = {}
 _LOCK = threading.Lock()
 _STOPPING = threading.Event()
@@ -77,6 +76,11 @@ def terminate_all() -> None:
     for entry in entries:
         entry.killed_by_stop = True
         _kill(entry)
+
+
+def stopping() -> bool:
+    """Whether a stop was asked for (long waits poll this)."""
+    return _STOPPING.is_set()
 
 
 def reset() -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "SCHEMA_ID",
     "SCHEMA_VERSION",
     "TENSORS",
+    "VERSION_AXES",
     "Axis",
     "AxisError",
     "Option",
@@ -94,9 +95,10 @@ class Axis:
     name: str
     selects: str
     default: AxisValue
-    choices: tuple[str, ...] = ()  # empty: checked elsewhere (stack: the catalog)
+    choices: tuple[str, ...] = ()  # empty: checked elsewhere (the catalog's stacks)
     runner: str = "choice"
-    label: str = "{name}-{value}"
+    #: how a non-default value shows in a cell id; None: never (it is implied by the stack)
+    label: str | None = "{name}-{value}"
     help: str = ""
 
     @property
@@ -136,8 +138,8 @@ class Axis:
                 raise AxisError(f"{self.name} must be a whole number >= 0 (got {text!r})") from None
         return self.check(text)
 
-    def id_part(self, value: AxisValue) -> str:
-        return self.label.format(name=self.name, value=value)
+    def id_part(self, value: AxisValue) -> str | None:
+        return None if self.label is None else self.label.format(name=self.name, value=value)
 
 
 def _show(value: Any) -> str:
@@ -156,6 +158,45 @@ AXES: tuple[Axis, ...] = (
         selects="environment",
         default="",
         help="a framework stack from matrix/stacks.toml: one image or venv per target",
+    ),
+    # The versions a stack is composed of (matrix/stacks.toml): a spec names
+    # environments either by stack or by these; a cell knows both, and its id
+    # names the stack, which implies them.
+    Axis(
+        name="tensorflow",
+        selects="environment",
+        default="none",
+        label=None,
+        help="the TensorFlow release (minor, e.g. 2.16), or none",
+    ),
+    Axis(
+        name="keras",
+        selects="environment",
+        default="default",
+        label=None,
+        help="the Keras release (e.g. 3.4), tf-keras, or default: the one TensorFlow brings",
+    ),
+    Axis(
+        name="backend",
+        selects="environment",
+        default="tensorflow",
+        choices=("tensorflow", "jax", "torch"),
+        label=None,
+        help="Keras' backend",
+    ),
+    Axis(
+        name="jax",
+        selects="environment",
+        default="none",
+        label=None,
+        help="the JAX release for Keras 3's jax backend, or none",
+    ),
+    Axis(
+        name="torch",
+        selects="environment",
+        default="none",
+        label=None,
+        help="the PyTorch release for Keras 3's torch backend, or none",
     ),
     Axis(
         name="target",
@@ -234,6 +275,10 @@ def axis(name: str) -> Axis:
         return _BY_NAME[name]
     except KeyError:
         raise AxisError(f"unknown axis {_show(name)} (axes: {', '.join(_BY_NAME)})") from None
+
+
+#: The axes a stack is composed of: its versions (and its backend).
+VERSION_AXES = ("tensorflow", "keras", "backend", "jax", "torch")
 
 
 def environment_axes() -> tuple[Axis, ...]:

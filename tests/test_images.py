@@ -4,15 +4,14 @@ import dataclasses
 import hashlib
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from docker_support import require_engine
 
 from matrix import command
-from matrix.environments import engine, images
-from matrix.errors import BuildError
+from matrix.environments import base_image, engine, images, locks, wheelhouse
+from matrix.errors import BuildError, SpecError
 from matrix.plan.stacks import Stack, load_catalog
 
 CATALOG = load_catalog()
@@ -22,7 +21,7 @@ CATALOG = load_catalog()
 
 def test_parse_lock_reads_every_pinned_entry_with_hashes() -> None:
     lock = CATALOG["tf-2.15"].lock_path("cpu").read_text()
-    entries = images.parse_lock(lock)
+    entries = locks.parse_lock(lock)
     names = {e.name for e in entries}
     assert len(entries) == lock.count("==")
     assert {"tensorflow-cpu", "numpy", "keras", "typing-extensions"} <= names
@@ -32,7 +31,7 @@ def test_parse_lock_reads_every_pinned_entry_with_hashes() -> None:
 
 def test_parse_lock_rejects_unpinned_entries() -> None:
     with pytest.raises(BuildError, match="not pinned"):
-        images.parse_lock("numpy>=1.0 --hash=sha256:" + "0" * 64)
+        locks.parse_lock("numpy>=1.0 --hash=sha256:" + "0" * 64)
 
 
 def test_cuda_versions_come_from_the_lock() -> None:
@@ -43,28 +42,89 @@ def test_cuda_versions_come_from_the_lock() -> None:
     assert images.cuda_versions(CATALOG["tf-2.15"].lock_path("cpu").read_text()) == {}
 
 
-def test_content_hash_covers_every_input() -> None:
-    base = {
-        "base_digest": "sha256:1",
-        "dockerfile": b"FROM x",
-        "lock": b"a==1",
-        "mode": "wheelhouse",
-    }
-    reference = images.content_hash(**base)  # type: ignore[arg-type]
-    assert reference == images.content_hash(**base)  # type: ignore[arg-type]
-    variants = [
-        {"base_digest": "sha256:2"},
-        {"dockerfile": b"FROM y"},
-        {"lock": b"a==2"},
-        {"mode": "index"},
-    ]
-    digests = {images.content_hash(**{**base, **v}) for v in variants}  # type: ignore[arg-type]
-    assert reference not in digests and len(digests) == len(variants)
+def test_content_hash_covers_every_input_and_their_boundaries() -> None:
+    parts = ("sha256:1", b"recipe", b"a==1", b"uv==1", "wheelhouse", "x86_64")
+    reference = images.content_hash(*parts)
+    assert reference == images.content_hash(*parts)
+    for n in range(len(parts)):
+        changed = list(parts)
+        changed[n] = changed[n] + (b"!" if isinstance(changed[n], bytes) else "!")  # type: ignore[operator]
+        assert images.content_hash(*changed) != reference
+    # parts are length-prefixed: moving bytes between two parts changes the hash
+    assert images.content_hash("ab", "c") != images.content_hash("a", "bc")
 
 
-def test_content_hash_rejects_unknown_mode() -> None:
-    with pytest.raises(BuildError, match="unknown image build mode"):
-        images.content_hash(base_digest="x", dockerfile=b"", lock=b"", mode="magic")
+def test_arm64_without_a_lock_is_a_one_line_refusal_naming_the_stack() -> None:
+    stack = CATALOG["tf-2.15"]
+    assert not stack.has_lock("cpu", "aarch64")
+    with pytest.raises(SpecError) as info:
+        stack.lock_hash("cpu", "aarch64")
+    assert "tf-2.15" in info.value.message and "aarch64" in info.value.message
+    assert "\n" not in info.value.message
+    # the stacks with Arm wheels have an aarch64 lock of their own
+    for name in ("keras-3.15-jax", "keras-3.15-torch"):
+        lock = CATALOG[name].lock_path("cpu", "aarch64")
+        assert lock.is_file() and locks.parse_lock(lock.read_text())
+        assert CATALOG[name].lock_hash("cpu", "aarch64") != CATALOG[name].lock_hash("cpu")
+
+
+def test_lock_command_line_names_the_platform_and_an_extra_index() -> None:
+    cmd = locks.compile_command("uv", Path("r.in"), Path("o.txt"), arch="aarch64", index=None,
+                                upgrade=False)  # fmt: skip
+    assert "aarch64-manylinux_2_28" in cmd and "--index-url" not in cmd
+    cpu_torch = locks.compile_command(
+        "uv", Path("r.in"), Path("o.txt"), arch="x86_64",
+        index="https://download.pytorch.org/whl/cpu", upgrade=True,
+    )  # fmt: skip
+    assert cpu_torch[cpu_torch.index("--index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    assert "--emit-index-url" in cpu_torch and "--upgrade" in cpu_torch
+
+
+def test_the_base_is_chosen_by_what_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    present: set[str] = set()
+    pulls: list[str] = []
+    monkeypatch.setattr(engine, "image_id", lambda ref: "sha256:x" if ref in present else None)
+
+    def pull(ref: str, log: object = None) -> str | None:
+        pulls.append(ref)
+        if ref in pullable:
+            present.add(ref)
+            return None
+        return "no registry"
+
+    monkeypatch.setattr(engine, "pull_image", pull)
+    monkeypatch.delenv("KRM_BASE_IMAGE", raising=False)
+    notes: list[str] = []
+    pullable: set[str] = set()
+    # nothing present, nothing pullable: the local bootstrap, with a notice
+    assert base_image.choose_base(log=notes.append) == base_image.BASE_TAG
+    assert pulls == ["python:3.11-slim"] and any("bootstrapping" in n for n in notes)
+    # a dry run asks no registry
+    assert base_image.choose_base(pull=False) is None and len(pulls) == 1
+    # pullable: the ordinary engine's base
+    pullable.add("python:3.11-slim")
+    assert base_image.choose_base(log=notes.append) == "python:3.11-slim"
+    # present: used without asking again
+    assert base_image.choose_base(log=notes.append) == "python:3.11-slim" and len(pulls) == 2
+    # an explicit base always wins
+    monkeypatch.setenv("KRM_BASE_IMAGE", "my/base:1")
+    assert base_image.choose_base() == "my/base:1"
+
+
+def test_debian_mirror_only_from_a_debian_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KRM_DEBIAN_MIRROR", raising=False)
+    ubuntu = tmp_path / "ubuntu.sources"
+    ubuntu.write_text("Types: deb\nURIs: http://archive.ubuntu.com/ubuntu/\nSuites: noble\n")
+    release = tmp_path / "os-release"
+    release.write_text('PRETTY_NAME="Ubuntu 24.04 LTS"\nID=ubuntu\nID_LIKE=debian\n')
+    assert base_image.default_mirror((ubuntu,), release) == base_image.DEBIAN_MIRROR
+    release.write_text('PRETTY_NAME="Debian GNU/Linux 12"\nID=debian\n')
+    local = tmp_path / "debian.sources"
+    local.write_text("Types: deb\nURIs: http://mirror.local/debian/\nSuites: bookworm\n")
+    assert base_image.default_mirror((local,), release) == "http://mirror.local/debian"
+    assert base_image.default_mirror((tmp_path / "absent",), release) == base_image.DEBIAN_MIRROR
 
 
 def test_image_tag_is_a_valid_docker_tag() -> None:
@@ -91,8 +151,10 @@ def test_wheelhouse_is_offline_when_it_already_has_the_locked_wheels(
     def no_network(*args: object, **kwargs: object) -> None:
         raise AssertionError("pip download ran although every wheel was there")
 
-    monkeypatch.setattr(subprocess, "run", no_network)
-    found = images.fill_wheelhouse("\n".join(lines) + "\n", wheelhouse=house, log=lambda _: None)
+    monkeypatch.setattr(command, "run", no_network)
+    found = wheelhouse.fill_wheelhouse(
+        "\n".join(lines) + "\n", wheelhouse=house, log=lambda _: None
+    )
     assert sorted(p.name for p in found) == [
         "alpha-1.0-py3-none-any.whl",
         "beta-1.0-py3-none-any.whl",
@@ -107,7 +169,7 @@ def test_wheelhouse_ignores_a_wheel_whose_hash_changed(
     wheel = house / "alpha-1.0-py3-none-any.whl"
     wheel.write_bytes(b"genuine")
     lock = f"alpha==1.0 --hash=sha256:{hashlib.sha256(b'genuine').hexdigest()}\n"
-    assert images.fill_wheelhouse(lock, wheelhouse=house, log=lambda _: None) == [wheel]
+    assert wheelhouse.fill_wheelhouse(lock, wheelhouse=house, log=lambda _: None) == [wheel]
     wheel.write_bytes(b"tampered, and longer")  # size changes: the cached hash is not trusted
     calls: list[list[str]] = []
 
@@ -120,67 +182,111 @@ def test_wheelhouse_ignores_a_wheel_whose_hash_changed(
 
     monkeypatch.setattr(command, "run", fake_pip)
     with pytest.raises(BuildError, match="DO NOT MATCH"):
-        images.fill_wheelhouse(lock, wheelhouse=house, log=lambda _: None)
+        wheelhouse.fill_wheelhouse(lock, wheelhouse=house, log=lambda _: None)
     assert calls and "--require-hashes" in calls[0] and "--only-binary=:all:" in calls[0]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _SameLock(Stack):
-    """A stack under another name that shares an existing stack's lock."""
+class _LockAt(Stack):
+    """A stack whose lock is a given file."""
 
-    source: str
+    lock: Path
 
-    def lock_path(self, target: str) -> Path:
-        return CATALOG[self.source].lock_path(target)
+    def lock_path(self, target: str, arch: str = "x86_64") -> Path:
+        return self.lock
 
 
 # --- the real engine ---------------------------------------------------------
 
+NUMPY_LOCK = re.search(
+    r"^numpy==1\.26\.4 .*?(?=^\S)", CATALOG["tf-2.15"].lock_path("cpu").read_text(), re.M | re.S
+)
+
+
+def _remove(*refs: str) -> None:
+    for ref in refs:
+        subprocess.run(["docker", "rmi", "--force", ref], capture_output=True)
+
 
 @pytest.mark.docker
-def test_tensorflow_image_builds_once_and_is_reused() -> None:
+def test_an_image_is_really_built_on_a_shared_layer_then_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small real build every run (its images are removed first, so the
+    test never passes on images left from before): the large-wheel layer,
+    the final image on top, its labels and contents; then a second stack
+    with the same large wheel reuses the layer, and the unchanged image is
+    reused outright."""
+    require_engine()
+    assert NUMPY_LOCK is not None
+    monkeypatch.setattr(images, "LAYER_MIN_BYTES", 10 * 10**6)  # numpy is large enough here
+    six = (
+        "six==1.16.0 --hash=sha256:1e61c37477a1626458e36f7b1d82aa5c9b094fa4802892072e49de9c60c4c926"
+        " --hash=sha256:8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254\n"
+    )
+    lock_a = tmp_path / "a.txt"
+    lock_a.write_text(NUMPY_LOCK.group(0))
+    lock_b = tmp_path / "b.txt"
+    lock_b.write_text(NUMPY_LOCK.group(0) + six)
+    stack_a = _LockAt(name="krm-test-numpy", requirements=(), lock=lock_a)
+    stack_b = _LockAt(name="krm-test-numpy-six", requirements=(), lock=lock_b)
+    plan_a = images.plan_image(stack_a, "cpu", log=lambda _: None)
+    plan_b = images.plan_image(stack_b, "cpu", log=lambda _: None)
+    (numpy,) = locks.parse_lock(lock_a.read_text())
+    layer = images._layer_plan(plan_a, {numpy.line: 20 * 10**6})
+    assert layer is not None
+    _remove(plan_a.tag, plan_b.tag, layer.tag)
+
+    logs: list[str] = []
+    first = images.ensure_image(stack_a, "cpu", log=logs.append)
+    assert first.built and first.layer == layer.tag
+    assert any("shared layer" in line and "installing" in line for line in logs)
+    labels = engine.image_labels(first.tag)
+    assert labels["org.krm.content-hash"] == first.content_hash
+    assert labels["org.krm.lock-sha256"] == first.lock_sha256
+    assert labels["org.krm.layer"] == layer.tag and labels["org.krm.arch"] == "x86_64"
+
+    logs.clear()
+    second = images.ensure_image(stack_b, "cpu", log=logs.append)
+    assert second.built and second.layer == layer.tag
+    assert any("reusing the shared layer" in line for line in logs)
+
+    again = images.ensure_image(stack_a, "cpu", log=lambda _: None)
+    assert again.built is False and again.image_id == first.image_id
+    assert images.planned_image(stack_a, "cpu") == f"image {first.tag} ready"
+
+    # what is installed is the lock, as the unprivileged user, read-only,
+    # with its bytecode already there (nothing to write at import)
+    probe = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "--read-only", second.tag, "python", "-c",
+         "import os, sys, numpy, six; print(os.getuid(), sys.prefix, numpy.__version__, "
+         "six.__version__, bool(numpy.__cached__))"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == ["10001", "/opt/venv", "1.26.4", "1.16.0", "True"]
+    # the layer is shared, not copied: the final image only adds six on top of it
+    history = subprocess.run(
+        ["docker", "history", "--format", "{{.ID}}", second.tag], capture_output=True, text=True
+    ).stdout.split()
+    assert engine.image_id(layer.tag)[7:19] in history  # type: ignore[index]
+    _remove(plan_a.tag, plan_b.tag, layer.tag)
+
+
+@pytest.mark.docker
+def test_tensorflow_image_is_built_or_found_and_holds_its_lock() -> None:
     require_engine()
     stack = CATALOG["tf-2.15"]
     first = images.ensure_image(stack, "cpu")
     assert first.tag.startswith("krm-env:tf-2.15.cpu-")
-    labels = engine.image_labels(first.tag)
-    assert labels["org.krm.content-hash"] == first.content_hash
-    assert labels["org.krm.lock-sha256"] == stack.lock_hash("cpu")
-    assert labels["org.krm.base-digest"] == first.base_digest
-    # the install stage (with its copy of every wheel) did not survive the build
-    leftover = subprocess.run(
-        ["docker", "images", "-q", "--filter", f"label=org.krm.install-of={first.content_hash}"],
-        capture_output=True,
-        text=True,
-    )
-    assert leftover.returncode == 0 and leftover.stdout.strip() == ""
-
-    start = time.monotonic()
     again = images.ensure_image(stack, "cpu")
-    elapsed = time.monotonic() - start
     assert again.built is False and again.image_id == first.image_id
-    assert elapsed < 5, f"unchanged-image check took {elapsed:.1f} s"
-    assert images.planned_image(stack, "cpu") == f"image {first.tag} ready"
-
-    # the same lock under another stack name: tagged, not built a second time
-    twin = images.ensure_image(
-        _SameLock(name="tf-2.15-twin", source="tf-2.15", requirements=()), "cpu"
-    )
-    try:
-        assert twin.image_id == first.image_id and twin.built is False
-        assert twin.tag == first.tag.replace("tf-2.15.", "tf-2.15-twin.")
-    finally:
-        subprocess.run(["docker", "rmi", twin.tag], capture_output=True)
-
-    # what is installed is the lock, nothing more, as the unprivileged user
     probe = subprocess.run(
-        ["docker", "run", "--rm", "--network", "none", first.tag, "sh", "-c",
-         "id -u; python -c 'import sys; print(sys.prefix)';"
-         " python -m pip freeze --all 2>/dev/null | grep -i '^tensorflow-cpu=='"],
+        ["docker", "run", "--rm", "--network", "none", first.tag, "python", "-c",
+         "import importlib.metadata as m; print(m.version('tensorflow-cpu'))"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert probe.returncode == 0, probe.stderr
-    assert probe.stdout.split() == ["10001", "/opt/venv", "tensorflow-cpu==2.15.1"]
+    assert probe.returncode == 0 and probe.stdout.split() == ["2.15.1"], probe.stderr
 
 
 @pytest.mark.docker
@@ -189,22 +295,3 @@ def test_missing_unpullable_base_is_one_clear_error() -> None:
     with pytest.raises(BuildError, match=r"base image krm-test:absent .*nox -s base-image") as info:
         images.ensure_image(CATALOG["tf-2.15"], "cpu", base="krm-test:absent", log=lambda _: None)
     assert "\n" not in info.value.message and info.value.exit_code == 5
-
-
-def test_default_mirror_comes_from_the_hosts_apt_sources(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from matrix.environments.base_image import default_mirror
-
-    monkeypatch.delenv("KRM_DEBIAN_MIRROR", raising=False)
-    deb822 = tmp_path / "debian.sources"
-    deb822.write_text(
-        "Types: deb\n# a comment\nURIs: http://mirror.example/debian/\nSuites: bookworm\n"
-    )
-    one_line = tmp_path / "sources.list"
-    one_line.write_text("# old style\ndeb [arch=amd64] http://other.example/debian bookworm main\n")
-    assert default_mirror((deb822, one_line)) == "http://mirror.example/debian"
-    assert default_mirror((tmp_path / "absent", one_line)) == "http://other.example/debian"
-    assert default_mirror((tmp_path / "absent",)) is None
-    monkeypatch.setenv("KRM_DEBIAN_MIRROR", "http://proxy.example/debian")
-    assert default_mirror((deb822,)) == "http://proxy.example/debian"

@@ -59,7 +59,9 @@ def test_matrix_run_in_docker_reports_and_caches(tmp_path: Path) -> None:
     assert (results / "tf-2.15__cpu" / "repeats" / "1" / "manifest.json").is_file()
 
     report = json.loads((results / "report" / "report.json").read_text())
-    jsonschema.validate(report, json.loads((ROOT / "matrix" / "report" / "report.schema.json").read_text()))
+    jsonschema.validate(
+        report, json.loads((ROOT / "matrix" / "report" / "report.schema.json").read_text())
+    )
     (cell,) = report["cells"]
     assert cell["executor"] == "docker"
     # determinism on, two fresh containers: the seeded phases agree bit for bit

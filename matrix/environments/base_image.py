@@ -38,16 +38,59 @@ __all__ = [
 ]
 
 BASE_TAG = "krm-base:bookworm-py311"
+#: What users with an ordinary engine get: the official image, pulled.
+PULLED_BASE = "python:3.11-slim"
 SUITE = "bookworm"
 APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
+OS_RELEASE = Path("/etc/os-release")
+#: Where the bootstrap fetches Debian when this host is not Debian (Ubuntu, WSL).
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+#: Pulling the slim base is the first thing a new user's run does: a
+#: registry that does not answer is given this long before the bootstrap.
+PULL_TIMEOUT = 600
 
 
-def default_mirror(sources: tuple[Path, ...] = APT_SOURCES) -> str | None:
-    """The Debian mirror this host already uses ($KRM_DEBIAN_MIRROR first):
-    the same mirror, proxy or local cache that apt is set up for here."""
+def choose_base(*, log: Callable[[str], None] = print, pull: bool = True) -> str | None:
+    """The base every environment image starts from, by what works here.
+
+    ``$KRM_BASE_IMAGE`` (``--base``) always wins. Else python:3.11-slim when
+    it is present or can be pulled, else the local Debian bootstrap (with a
+    one-line notice), which is what a machine without a registry gets. Once
+    either is present it is used without asking the registry again.
+    ``pull=False`` (dry runs) asks nothing: None when neither is present.
+    """
+    explicit = os.environ.get("KRM_BASE_IMAGE")
+    if explicit:
+        return explicit
+    for present in (PULLED_BASE, BASE_TAG):
+        if engine.image_id(present):
+            return present
+    if not pull:
+        return None
+    reason = engine.pull_image(PULLED_BASE, log=lambda m: log(f"base: {m}"))
+    if reason is None and engine.image_id(PULLED_BASE):
+        return PULLED_BASE
+    log(f"notice: {PULLED_BASE} cannot be pulled ({reason}); bootstrapping {BASE_TAG} locally")
+    return BASE_TAG
+
+
+def _is_debian(os_release: Path = OS_RELEASE) -> bool:
+    try:
+        text = os_release.read_text()
+    except OSError:
+        return False
+    return re.search(r"^ID=\"?debian\"?$", text, re.MULTILINE) is not None
+
+
+def default_mirror(sources: tuple[Path, ...] = APT_SOURCES, os_release: Path = OS_RELEASE) -> str:
+    """The Debian mirror for the bootstrap: ``$KRM_DEBIAN_MIRROR``, else the
+    one this host's apt uses when the host is Debian (the same mirror, proxy
+    or local cache apt is set up for), else Debian's own."""
     env = os.environ.get("KRM_DEBIAN_MIRROR")
     if env:
         return env
+    if not _is_debian(os_release):
+        return DEBIAN_MIRROR
     for path in sources:
         try:
             text = path.read_text()
@@ -59,7 +102,7 @@ def default_mirror(sources: tuple[Path, ...] = APT_SOURCES) -> str | None:
         )
         if found:
             return found.group(1).rstrip("/")
-    return None
+    return DEBIAN_MIRROR
 
 
 PACKAGES_FILE = ROOT / "docker" / "base" / "packages.txt"
@@ -132,9 +175,24 @@ def _debootstrap() -> str:
     if os.geteuid() != 0:
         raise BuildError(
             "debootstrap needs root to create device nodes and chroot: "
-            "run `sudo nox -s base-image` once (the image is then shared)"
+            "run `sudo nox -s base-image` once (the image is then shared), "
+            f"or make {PULLED_BASE} pullable"
         )
     return found
+
+
+#: Debian's archive keyring: Debian hosts have it; Ubuntu's package of the
+#: same name installs it for debootstrap.
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+
+
+def _keyring_args() -> list[str]:
+    if DEBIAN_KEYRING.is_file():
+        return [f"--keyring={DEBIAN_KEYRING}"]
+    raise BuildError(
+        f"{DEBIAN_KEYRING} is missing: `sudo apt-get install -y debian-archive-keyring` "
+        "so that debootstrap can verify Debian's packages"
+    )
 
 
 def _noisy(line: str) -> bool:
@@ -181,7 +239,8 @@ def _package_tarball(cache: Path, mirror: str, log: Log) -> Path:
         partial = Path(work) / tarball.name
         _run(
             [
-                _debootstrap(), "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+                _debootstrap(), *_keyring_args(), "--variant=minbase",
+                f"--include={','.join(BASE_PACKAGES)}",
                 f"--make-tarball={partial}", SUITE, str(Path(work) / "target"), mirror,
             ],
             log,
@@ -220,7 +279,8 @@ def _make_rootfs_tar(cache: Path, mirror: str, log: Log) -> Path:
         log(f"base: installing {len(BASE_PACKAGES)} packages and their dependencies")
         _run(
             [
-                debootstrap, "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+                debootstrap, *_keyring_args(), "--variant=minbase",
+                f"--include={','.join(BASE_PACKAGES)}",
                 f"--unpack-tarball={tarball}", SUITE, str(rootfs), mirror,
             ],
             log,
@@ -263,11 +323,6 @@ def ensure_base_image(
     cache = cache_dir or default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     mirror = mirror or default_mirror()
-    if mirror is None:
-        raise BuildError(
-            "no Debian mirror known: this host has no apt sources; "
-            "pass --mirror URL or set KRM_DEBIAN_MIRROR"
-        )
     rootfs_tar = cache / f"rootfs-{SUITE}-{_package_key(mirror)}-{_ROOTFS_RECIPE}.tar"
     if rootfs_tar.exists() and not force:
         log(f"base: re-importing the cached root filesystem {rootfs_tar.name}")

@@ -91,6 +91,8 @@ class EngineInfo:
     server_version: str
     rootless: bool = False
     buildx: bool = False
+    #: the architecture containers run as: x86_64 or aarch64
+    arch: str = "x86_64"
 
 
 _SELECTED: list[str] = []
@@ -175,7 +177,19 @@ def check_engine() -> EngineInfo:
         client_version=client,
         server_version=server,
         rootless=_rootless(path, kind),
+        arch=_arch(path, kind),
     )
+
+
+_ARCH = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
+
+
+def _arch(path: str, kind: str) -> str:
+    """The engine's architecture (Docker Desktop on Apple Silicon: aarch64)."""
+    fmt = "{{.Architecture}}" if kind == "docker" else "{{.Host.Arch}}"
+    proc = command.run([path, "info", "--format", fmt], timeout=QUERY_TIMEOUT)
+    found = proc.last_line().lower() if proc.ok else ""
+    return _ARCH.get(found, found or "x86_64")
 
 
 def _rootless(path: str, kind: str) -> bool:

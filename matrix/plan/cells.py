@@ -11,14 +11,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from matrix.errors import SpecError
-from matrix.plan.spec import Spec
+from matrix.plan.spec import Chain, Spec
 from matrix.plan.stacks import Stack
-from scenarios.contract import AXES, OPTIONS, AxisValue, setting_axes
+from scenarios.contract import AXES, OPTIONS, VERSION_AXES, AxisValue, setting_axes
 
 __all__ = [
     "AXIS_DEFAULTS",
     "Cell",
     "cell_id",
+    "chain_combos",
+    "derived_axes",
     "expand",
     "filter_cells",
     "parse_shard",
@@ -68,41 +70,53 @@ def cell_id(axes: Mapping[str, AxisValue]) -> str:
         if axis.name == "stack" or axis.name in _WHERE:
             continue
         value = axes.get(axis.name, axis.default)
-        if value != axis.default:
-            parts.append(axis.id_part(value))
+        part = axis.id_part(value) if value != axis.default else None
+        if part is not None:
+            parts.append(part)
     return "__".join(parts)
 
 
 def expand(spec: Spec, catalog: Mapping[str, Stack]) -> list[Cell]:
-    """The spec's cells in a stable order.
+    """The spec's cells in a stable order: the product of its axes, then its
+    upgrade chains.
 
     include/exclude follow GitHub Actions: excludes drop every product
     combination they match partially, then each include extends every
     combination whose original axis values it does not overwrite, or else is
-    added as a combination of its own. Unset axes take their defaults.
+    added as a combination of its own. Unset axes take their defaults, and
+    each combination's environment is resolved to one stack (named, or found
+    from its versions).
     """
-    names = list(spec.axes)
-    product = [
-        dict(zip(names, vals, strict=True)) for vals in itertools.product(*spec.axes.values())
-    ]
-    kept = [c for c in product if not any(_matches(c, rule) for rule in spec.exclude)]
-    extended: list[dict[str, AxisValue]] = [dict(c) for c in kept]
-    added: list[dict[str, AxisValue]] = []
-    for rule in spec.include:
-        hit = False
-        for original, combo in zip(kept, extended, strict=True):
-            if all(original[k] == v for k, v in rule.items() if k in original):
-                combo.update(rule)
-                hit = True
-        if not hit:
-            added.append(dict(rule))
+    combos: list[dict[str, AxisValue]] = []
+    if spec.axes:
+        names = list(spec.axes)
+        product = [
+            dict(zip(names, vals, strict=True)) for vals in itertools.product(*spec.axes.values())
+        ]
+        kept = [c for c in product if not any(_matches(c, rule) for rule in spec.exclude)]
+        extended: list[dict[str, AxisValue]] = [dict(c) for c in kept]
+        added: list[dict[str, AxisValue]] = []
+        for rule in spec.include:
+            hit = False
+            for original, combo in zip(kept, extended, strict=True):
+                if all(original[k] == v for k, v in rule.items() if k in original):
+                    combo.update(rule)
+                    hit = True
+            if not hit:
+                added.append(dict(rule))
+        combos = extended + added
+    else:
+        combos = [dict(rule) for rule in spec.include]
+    for chain in spec.chains:
+        combos += [
+            c for c in chain_combos(spec, chain) if not any(_matches(c, r) for r in spec.exclude)
+        ]
 
     cells: list[Cell] = []
     seen: set[str] = set()
-    for combo in extended + added:
+    for combo in combos:
         axes = {name: combo.get(name, default) for name, default in AXIS_DEFAULTS.items()}
-        if not axes["stack"]:
-            raise SpecError(f"{spec.path}: an include adds a combination without a stack: {combo}")
+        axes.update(_environment(combo, spec, catalog))
         _check_cell(axes, spec, catalog)
         cid = cell_id(axes)
         if cid not in seen:
@@ -111,6 +125,58 @@ def expand(spec: Spec, catalog: Mapping[str, Stack]) -> list[Cell]:
     if not cells:
         raise SpecError(f"{spec.path}: the matrix is empty (excludes removed every combination)")
     return cells
+
+
+def chain_combos(spec: Spec, chain: Chain) -> list[dict[str, AxisValue]]:
+    """A chain's combinations: each value in order, in every context, the
+    other axes at the chain's ``at`` or else at the spec's reference."""
+    base: dict[str, AxisValue] = dict(spec.reference) if isinstance(spec.reference, dict) else {}
+    base.update(chain.at)
+    names = list(chain.contexts)
+    out = []
+    for values in itertools.product(*chain.contexts.values()):
+        context = dict(zip(names, values, strict=True))
+        for value in chain.values:
+            out.append({**base, **context, chain.axis: value})
+    return out
+
+
+def _environment(
+    combo: Mapping[str, AxisValue], spec: Spec, catalog: Mapping[str, Stack]
+) -> dict[str, AxisValue]:
+    """The stack and its versions for a combination that names either."""
+    asked = {a: combo[a] for a in VERSION_AXES if a in combo}
+    if "stack" in combo:
+        stack = catalog[str(combo["stack"])]
+        clash = {a: v for a, v in asked.items() if stack.versions[a] != v}
+        if clash:
+            a, v = next(iter(clash.items()))
+            raise SpecError(
+                f"{spec.path}: stack {stack.name} has {a} {stack.versions[a]}, not {v} "
+                f"(in the combination {_shown(combo)})"
+            )
+        return {"stack": stack.name, **stack.versions}
+    if not asked:
+        raise SpecError(
+            f"{spec.path}: a combination names no environment (no stack, no version axis): "
+            f"{_shown(combo)}"
+        )
+    wanted = {a: asked.get(a, AXIS_DEFAULTS[a]) for a in VERSION_AXES}
+    found = [s for s in catalog.values() if dict(s.versions) == wanted]
+    if len(found) != 1:
+        what = ", ".join(f"{a}={v}" for a, v in wanted.items() if v != AXIS_DEFAULTS[a])
+        if not found:
+            raise SpecError(
+                f"{spec.path}: no stack in matrix/stacks.toml is {what or 'all defaults'}; "
+                "add one (and its lock: nox -s lock) or drop the combination"
+            )
+        raise SpecError(f"{spec.path}: stacks {', '.join(s.name for s in found)} are all {what}")
+    return {"stack": found[0].name, **found[0].versions}
+
+
+def _shown(combo: Mapping[str, AxisValue]) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in combo.items())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _matches(combo: Mapping[str, AxisValue], rule: Mapping[str, AxisValue]) -> bool:
@@ -129,6 +195,19 @@ def _check_cell(axes: Mapping[str, AxisValue], spec: Spec, catalog: Mapping[str,
             f"{spec.path}: device = 'gpu' needs target = 'cuda' (stack {stack.name!r}); "
             "exclude the combination or add target = ['cuda']"
         )
+
+
+def derived_axes(spec: Spec) -> tuple[str, ...]:
+    """The environment axes the spec never names: they follow from the ones it
+    does (a named stack implies its versions; versions imply the stack), so
+    they are shown but never attributed."""
+    named: set[str] = set(spec.axes)
+    for rule in spec.include:
+        named |= set(rule)
+    for chain in spec.chains:
+        named |= {chain.axis, *chain.at, *chain.contexts}
+    identity = ("stack", *VERSION_AXES)
+    return tuple(a for a in identity if a not in named)
 
 
 def resolve_reference(spec: Spec, cells: Sequence[Cell], override: str | None = None) -> str:

@@ -9,6 +9,7 @@ cells lives in cells.py.
     [axes]              axis = [values...]   (the cartesian product)
     [[include]]         GitHub Actions semantics (see cells.expand)
     [[exclude]]         drop combinations matching every key given
+    [[chain]]           an upgrade chain: axis, values (in order), at, contexts
     [runner]            scenarios, unseeded_repeats
     [tolerances.DTYPE]  overrides of the drift thresholds per dtype
 
@@ -30,11 +31,12 @@ from typing import Any
 from matrix.analysis.drift import KEY_ALIASES, Thresholds, apply_overrides
 from matrix.errors import MatrixError, SpecError
 from matrix.plan.stacks import Stack, load_catalog
-from scenarios.contract import OPTIONS, AxisError, AxisValue, axis, registry
+from scenarios.contract import OPTIONS, VERSION_AXES, AxisError, AxisValue, axis, registry
 
 __all__ = [
     "EXECUTORS",
     "LIMITS",
+    "Chain",
     "Limits",
     "Spec",
     "check_memory",
@@ -65,7 +67,8 @@ LIMITS = Limits()
 
 _DTYPES = ("float16", "bfloat16", "float32", "float64")
 _TOLERANCE_KEYS = (*KEY_ALIASES, *(f.name for f in fields(Thresholds)))
-_TOP_KEYS = {"matrix", "axes", "include", "exclude", "runner", "tolerances"}
+_TOP_KEYS = {"matrix", "axes", "include", "exclude", "chain", "runner", "tolerances"}
+_CHAIN_KEYS = {"axis", "values", "at", "contexts"}
 _MATRIX_KEYS = {"name", "reference", "repeats", "timeout", "memory", "executor", "description"}
 _SPEC_OPTIONS = {o.name: o for o in OPTIONS if o.spec}
 #: A name is a directory under the results root: no separators, no dot-dot.
@@ -76,6 +79,19 @@ _UNIT = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 @dataclass(frozen=True, kw_only=True)
+class Chain:
+    """An upgrade chain: ``axis`` takes ``values`` in order, so consecutive
+    releases are compared (2.12 -> 2.13 -> ...), every other axis held at the
+    reference (or at ``at``); the chain repeats in each combination of
+    ``contexts`` (e.g. every precision) and nowhere else."""
+
+    axis: str
+    values: tuple[AxisValue, ...]
+    at: dict[str, AxisValue] = field(default_factory=dict)
+    contexts: dict[str, tuple[AxisValue, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Spec:
     path: Path
     name: str
@@ -83,6 +99,7 @@ class Spec:
     axes: dict[str, tuple[AxisValue, ...]]
     include: tuple[dict[str, AxisValue], ...] = ()
     exclude: tuple[dict[str, AxisValue], ...] = ()
+    chains: tuple[Chain, ...] = ()
     reference: dict[str, AxisValue] | str | None = None
     repeats: int = 2
     timeout: int = 900
@@ -162,10 +179,6 @@ def parse_spec(raw: Mapping[str, Any], path: Path, catalog: Mapping[str, Stack])
     _only_keys(runner_raw, set(_SPEC_OPTIONS), where, "runner.")
 
     axes_raw = _table(raw, "axes", where)
-    if "stack" not in axes_raw:
-        raise SpecError(
-            f"{where}: axes.stack is required (one or more stacks from matrix/stacks.toml)"
-        )
     axes: dict[str, tuple[AxisValue, ...]] = {}
     product = 1
     for name, values in axes_raw.items():
@@ -179,9 +192,16 @@ def parse_spec(raw: Mapping[str, Any], path: Path, catalog: Mapping[str, Stack])
         product *= len(axes[name])
     include = _rules(raw, "include", where, catalog)
     exclude = _rules(raw, "exclude", where, catalog)
-    if product + len(include) > LIMITS.cells:
+    chains = _chains(raw, where, catalog)
+    if not axes and not chains and not include:
         raise SpecError(
-            f"{where}: the axes expand to {product + len(include)} combinations; "
+            f"{where}: the spec names no environment: give axes.stack (stacks from "
+            "matrix/stacks.toml), version axes (axes.tensorflow, axes.keras, ...) or a [[chain]]"
+        )
+    total = (product if axes else 0) + len(include) + sum(_chain_size(c) for c in chains)
+    if total > LIMITS.cells:
+        raise SpecError(
+            f"{where}: the spec expands to {total} combinations; "
             f"at most {LIMITS.cells} cells per spec (split it, or use --only)"
         )
 
@@ -202,6 +222,7 @@ def parse_spec(raw: Mapping[str, Any], path: Path, catalog: Mapping[str, Stack])
         axes=axes,
         include=include,
         exclude=exclude,
+        chains=chains,
         reference=reference,
         repeats=_int(matrix, "repeats", 2, 1, LIMITS.repeats, where),
         timeout=_int(matrix, "timeout", 900, 10, LIMITS.timeout, where),
@@ -242,6 +263,69 @@ def _runner_options(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+def _chain_size(chain: Chain) -> int:
+    size = len(chain.values)
+    for values in chain.contexts.values():
+        size *= len(values)
+    return size
+
+
+def _chains(raw: Mapping[str, Any], where: str, catalog: Mapping[str, Stack]) -> tuple[Chain, ...]:
+    value = raw.get("chain", [])
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise SpecError(f"{where}: chain must be an array of tables ([[chain]])")
+    if len(value) > LIMITS.rules:
+        raise SpecError(f"{where}: more than {LIMITS.rules} [[chain]] tables")
+    chains = []
+    for n, table in enumerate(value):
+        key = f"chain[{n}]"
+        _only_keys(table, _CHAIN_KEYS, where, f"{key}.")
+        name = table.get("axis")
+        if not isinstance(name, str):
+            raise SpecError(f"{where}: {key}.axis must name an axis")
+        _check_value(name, axis_default(name, where, key), where, f"{key}.axis", catalog, bare=True)
+        values = table.get("values")
+        if not isinstance(values, list) or len(values) < 2:
+            raise SpecError(f"{where}: {key}.values must list at least two values, in order")
+        if len(values) > LIMITS.values_per_axis:
+            raise SpecError(f"{where}: {key}.values lists more than {LIMITS.values_per_axis}")
+        checked = tuple(_check_value(name, v, where, f"{key}.values", catalog) for v in values)
+        if len(set(checked)) != len(checked):
+            raise SpecError(f"{where}: {key}.values lists a value twice")
+        at = table.get("at", {})
+        if not isinstance(at, dict):
+            raise SpecError(f"{where}: {key}.at must be a table of axis values")
+        contexts = table.get("contexts", {})
+        if not isinstance(contexts, dict):
+            raise SpecError(f"{where}: {key}.contexts must be a table of axis = [values]")
+        ctx: dict[str, tuple[AxisValue, ...]] = {}
+        for axis_name, vals in contexts.items():
+            if not isinstance(vals, list) or not vals or len(vals) > LIMITS.values_per_axis:
+                raise SpecError(f"{where}: {key}.contexts.{_key(axis_name)} must be a list")
+            ctx[axis_name] = tuple(
+                _check_value(axis_name, v, where, f"{key}.contexts.{axis_name}", catalog)
+                for v in vals
+            )
+        if name in at or name in ctx:
+            raise SpecError(f"{where}: {key}: the chain's own axis cannot be in at or contexts")
+        chains.append(
+            Chain(
+                axis=name,
+                values=checked,
+                at={a: _check_value(a, v, where, f"{key}.at.{a}", catalog) for a, v in at.items()},
+                contexts=ctx,
+            )
+        )
+    return tuple(chains)
+
+
+def axis_default(name: str, where: str, key: str) -> AxisValue:
+    try:
+        return axis(name).default
+    except AxisError as exc:
+        raise SpecError(f"{where}: {key}: {exc}") from None
+
+
 def _only_keys(table: Mapping[str, Any], allowed: set[str], where: str, prefix: str) -> None:
     for key in table:
         if key not in allowed:
@@ -280,18 +364,38 @@ def _check_rule(
 
 
 def _check_value(
-    name: str, value: Any, where: str, key: str, catalog: Mapping[str, Stack]
+    name: str,
+    value: Any,
+    where: str,
+    key: str,
+    catalog: Mapping[str, Stack],
+    *,
+    bare: bool = False,
 ) -> AxisValue:
+    """``value`` checked for axis ``name``; ``bare``: only that the axis exists."""
     try:
         found = axis(name)
         checked = found.check(value)
     except AxisError as exc:
         raise SpecError(f"{where}: {key}: {exc}") from None
+    if bare:
+        return checked
     if name == "stack" and checked not in catalog:
         raise SpecError(
             f"{where}: {key}: unknown stack {_quote(checked)} (known: {', '.join(sorted(catalog))})"
         )
+    if name in VERSION_AXES and not found.choices:
+        known = sorted({s.versions[name] for s in catalog.values()}, key=_natural)
+        if checked not in known:
+            raise SpecError(
+                f"{where}: {key}: no stack in matrix/stacks.toml has {name} {_quote(checked)} "
+                f"(known: {', '.join(known)})"
+            )
     return checked
+
+
+def _natural(text: str) -> list[tuple[int, int | str]]:
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|\D+", text)]
 
 
 def _string(table: Mapping[str, Any], key: str, default: str, where: str, limit: int = 256) -> str:
