@@ -38,7 +38,8 @@ def test_defaults(tmp_path: Path) -> None:
         ("[axes]\nstack = ['tf-2.15']\ncolour = ['red']\n", "unknown axis 'colour'"),
         ("[axes]\nstack = ['tf-2.15']\nprecision = ['float8']\n", "'float8' is not allowed"),
         ("[axes]\nstack = []\n", "axes.stack must be a non-empty list"),
-        ("[axes]\nprecision = ['float32']\n", "axes.stack is required"),
+        ("[axes]\nprecision = ['float32']\n", "the spec names no environment"),
+        ("[axes]\nbackend = ['jax']\n", "the spec names no environment"),
         (
             "[axes]\nstack = ['tf-2.15']\n[matrix]\nrepeats = 0\n",
             "matrix.repeats must be a whole number from 1 to 100",

@@ -193,11 +193,6 @@ def parse_spec(raw: Mapping[str, Any], path: Path, catalog: Mapping[str, Stack])
     include = _rules(raw, "include", where, catalog)
     exclude = _rules(raw, "exclude", where, catalog)
     chains = _chains(raw, where, catalog)
-    if not axes and not chains and not include:
-        raise SpecError(
-            f"{where}: the spec names no environment: give axes.stack (stacks from "
-            "matrix/stacks.toml), version axes (axes.tensorflow, axes.keras, ...) or a [[chain]]"
-        )
     total = (product if axes else 0) + len(include) + sum(_chain_size(c) for c in chains)
     if total > LIMITS.cells:
         raise SpecError(
@@ -210,6 +205,12 @@ def parse_spec(raw: Mapping[str, Any], path: Path, catalog: Mapping[str, Stack])
         reference = _check_rule(reference, where, "matrix.reference", catalog)
     elif reference is not None and not isinstance(reference, str):
         raise SpecError(f"{where}: matrix.reference must be a cell id or a table of axis values")
+
+    if not _names_environment(axes, include, chains, reference):
+        raise SpecError(
+            f"{where}: the spec names no environment: give axes.stack (stacks from "
+            "matrix/stacks.toml), version axes (axes.tensorflow, axes.keras, ...) or a [[chain]]"
+        )
 
     executor = matrix.get("executor", "auto")
     if executor not in EXECUTORS:
@@ -231,6 +232,29 @@ def parse_spec(raw: Mapping[str, Any], path: Path, catalog: Mapping[str, Stack])
         runner=_runner_options(runner_raw, where),
         tolerances=_tolerances(raw.get("tolerances", {}), where),
     )
+
+
+#: The axes that pick an environment by name: a stack, or the versions it is composed of.
+_IDENTITY = ("stack", *(a for a in VERSION_AXES if a != "backend"))
+
+
+def _names_environment(
+    axes: Mapping[str, Any],
+    include: tuple[dict[str, AxisValue], ...],
+    chains: tuple[Chain, ...],
+    reference: Any,
+) -> bool:
+    """Whether some part of the spec says which environment its cells run in
+    (a backend alone does not: every Keras 3 stack has one). A chain holds
+    the other axes at the reference, so the reference counts for chains."""
+    named: set[str] = set(axes)
+    for rule in include:
+        named |= set(rule)
+    for chain in chains:
+        named |= {chain.axis, *chain.at}
+        if isinstance(reference, dict):
+            named |= set(reference)
+    return any(a in named for a in _IDENTITY)
 
 
 def _stem(path: Path) -> str:
