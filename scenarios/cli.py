@@ -13,9 +13,9 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from scenarios.contract import EXECUTORS, OPTIONS, registry, setting_axes
+from scenarios.contract import EXECUTORS, OPTIONS, Meta, registry, setting_axes
 from scenarios.settings import (
     SettingsError,
     apply_environment,
@@ -101,9 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_meta(text: str | None) -> Any:
-    from scenarios.runner import Meta
-
+def parse_meta(text: str | None) -> Meta:
     if not text:
         return Meta()
     try:
@@ -164,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from scenarios.artifact import ArtifactError, check_out_dir, write_artifact
     from scenarios.logtee import LogTee
-    from scenarios.runner import run_cell
+    from scenarios.runner import finish, run_cell
 
     out = args.out.resolve()
     try:
@@ -182,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         summary = ", ".join(f"{k}={v['status']}" for k, v in result.manifest["scenarios"].items())
         print(f"scenarios: {summary}; total {result.manifest['timings']['total']:.1f}s")
+    finish(result, tee.text())
     try:
         write_artifact(
             out, store=result.store, manifest=result.manifest, log=tee.text(), force=args.force

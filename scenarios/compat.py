@@ -339,6 +339,38 @@ class Framework:
             )
         return None  # XLA on CPU does not use oneDNN kernels for these ops
 
+    def set_tf32(self, wanted: bool) -> None:
+        """TensorFloat-32 for float32 matmuls and convolutions on GPU."""
+        if self.backend == "tensorflow":
+            self.tf.config.experimental.enable_tensor_float_32_execution(bool(wanted))
+        elif self.backend == "torch":
+            self.torch.backends.cuda.matmul.allow_tf32 = bool(wanted)
+            self.torch.backends.cudnn.allow_tf32 = bool(wanted)
+        elif self.backend == "jax":
+            precision = "tensorfloat32" if wanted else "float32"
+            self.jax.config.update("jax_default_matmul_precision", precision)
+
+    def tf32_state(self) -> bool | None:
+        """Whether float32 matmuls may run in TensorFloat-32 (the backend's
+        own answer; None where it has none)."""
+        if self.backend == "tensorflow":
+            probe = getattr(self.tf.config.experimental, "tensor_float_32_execution_enabled", None)
+            return bool(probe()) if probe is not None else None
+        if self.backend == "torch":
+            return bool(self.torch.backends.cuda.matmul.allow_tf32)
+        if self.backend == "jax":
+            value = self.jax.config.jax_default_matmul_precision
+            # None is XLA's default: TF32 on GPUs that have it, exact float32 on CPU.
+            return None if value is None else str(value) in ("tensorfloat32", "high", "bfloat16_3x")
+        return None
+
+    def cpu_capability(self) -> str | None:
+        """The kernel set ATen (torch) dispatched to; None for other backends."""
+        if self.backend != "torch":
+            return None
+        probe = getattr(getattr(self.torch.backends, "cpu", None), "get_cpu_capability", None)
+        return str(probe()) if probe is not None else None
+
     def device_info(self) -> dict[str, Any]:
         """The device the backend computes on, with GPU library versions."""
         info: dict[str, Any] = {"kind": "cpu", "name": None}

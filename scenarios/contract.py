@@ -41,6 +41,7 @@ __all__ = [
     "VERSION_AXES",
     "Axis",
     "AxisError",
+    "Meta",
     "Option",
     "Scenario",
     "axis",
@@ -68,6 +69,27 @@ RUN_RECORD = "run.json"
 PLAN = "plan.json"
 #: Who ran a cell, as the manifest records it ("manual": ``python -m scenarios`` by hand).
 EXECUTORS = ("docker", "venv", "host", "manual")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Meta:
+    """Who a run is, as the host names it (the runner's ``--meta``): the cell
+    id, its axes, the executor, the repeat and the environment's id."""
+
+    id: str = "local"
+    axes: dict[str, Any] = field(default_factory=dict)
+    executor: str = "manual"
+    repeat: int = 0
+    environment_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "axes": dict(self.axes),
+            "executor": self.executor,
+            "repeat": self.repeat,
+            "environment_id": self.environment_id,
+        }
 
 
 class AxisError(ValueError):
@@ -263,6 +285,24 @@ AXES: tuple[Axis, ...] = (
         choices=_TRISTATE,
         runner="tristate",
         help="allow the LSTM's cuDNN kernel; only meaningful on GPU",
+    ),
+    Axis(
+        name="isa",
+        selects="setting",
+        default="native",
+        choices=("native", "avx512", "avx2", "avx", "sse41"),
+        help="cap the instruction set the numeric libraries dispatch to (oneDNN, XLA CPU, "
+        "ATen, MKL, OpenBLAS), set before import: another CPU imitated on this one; a cap "
+        "this CPU cannot run makes the cell unsupported",
+    ),
+    Axis(
+        name="tf32",
+        selects="setting",
+        default="default",
+        choices=_TRISTATE,
+        runner="tristate",
+        help="TensorFloat-32 matmuls on GPU (TF enable_tensor_float_32_execution, torch "
+        "allow_tf32, JAX default matmul precision); on or off is unsupported on CPU",
     ),
 )
 

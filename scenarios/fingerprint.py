@@ -12,9 +12,18 @@ from typing import Any
 
 import numpy as np
 
+from scenarios import hardware
 from scenarios.compat import Framework
 
-__all__ = ["ENV_PREFIXES", "collect", "cpu_info", "framework_packages", "relevant_env"]
+__all__ = [
+    "ENV_PREFIXES",
+    "collect",
+    "cpu_info",
+    "framework_packages",
+    "hardware_defaults",
+    "isa_block",
+    "relevant_env",
+]
 
 # Distributions whose presence or version can change the numbers.
 FRAMEWORK_PACKAGES = (
@@ -43,7 +52,11 @@ FRAMEWORK_PACKAGES = (
     "nvidia-cuda-runtime",
     "nvidia-cudnn",
 )
-ENV_PREFIXES = ("TF_", "KERAS_", "XLA_", "JAX_", "TORCH_", "CUDA_", "CUBLAS_", "NVIDIA_")
+ENV_PREFIXES = (
+    "TF_", "KERAS_", "XLA_", "JAX_", "TORCH_", "CUDA_", "CUBLAS_", "NVIDIA_",
+    # the instruction-set caps and dispatch reports of the numeric libraries
+    "ONEDNN_", "DNNL_", "ATEN_", "MKL_", "OPENBLAS_", "NPY_",
+)  # fmt: skip
 ENV_NAMES = (
     "PYTHONHASHSEED",
     "OMP_NUM_THREADS",
@@ -53,9 +66,8 @@ ENV_NAMES = (
     "CUDA_VISIBLE_DEVICES",
     "CUBLAS_WORKSPACE_CONFIG",
 )
-# /proc/cpuinfo flags that change float results (FMA contraction, AVX-512
-# reductions, BF16/VNNI/AMX kernels oneDNN may pick).
-NUMERIC_FLAGS = re.compile(r"^(sse4_2|avx|avx2|fma|f16c|avx512.*|amx.*|avx_vnni.*)$")
+
+cpu_info = hardware.cpu_info
 
 
 def framework_packages() -> dict[str, str]:
@@ -70,31 +82,6 @@ def framework_packages() -> dict[str, str]:
 def relevant_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     env = os.environ if environ is None else environ
     return {k: v for k, v in sorted(env.items()) if k.startswith(ENV_PREFIXES) or k in ENV_NAMES}
-
-
-def cpu_info(cpuinfo_text: str | None = None) -> dict[str, Any]:
-    if cpuinfo_text is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as fh:
-                cpuinfo_text = fh.read()
-        except OSError:
-            cpuinfo_text = ""
-    model = None
-    flags: list[str] = []
-    for line in cpuinfo_text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and model is None:
-            model = value.strip()
-        elif key in ("flags", "Features") and not flags:
-            flags = sorted({f for f in value.split() if NUMERIC_FLAGS.match(f)})
-    if model is None:
-        model = platform.processor() or None
-    try:
-        count: int | None = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count()
-    return {"model": model, "flags": flags, "count": count, "machine": platform.machine()}
 
 
 def _nvidia_driver() -> str | None:
@@ -119,6 +106,75 @@ def _nvidia_driver() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def isa_block(requested: str, observed: dict[str, Any]) -> dict[str, Any]:
+    """``fingerprint.isa``: the cap asked for, and per library what was set,
+    what it reported back and whether it stayed within the cap."""
+    env = os.environ
+    applied = {
+        name: env[name]
+        for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OPENBLAS_CORETYPE")
+        if name in env
+    }
+    flag = re.search(r"--xla_cpu_max_isa=(\S+)", env.get("XLA_FLAGS", ""))
+    if flag:
+        applied["xla_cpu_max_isa"] = flag.group(1)
+    return hardware.summarise_isa(requested, applied, observed, flags=hardware.cpu_flags())
+
+
+def hardware_defaults(
+    fw: Framework, *, requested: dict[str, Any], applied: dict[str, Any]
+) -> dict[str, Any]:
+    """The paths the framework chose from the hardware, each with who chose
+    it and why: what makes one machine's defaults differ from another's."""
+    flags = hardware.cpu_flags()
+    out: dict[str, Any] = {}
+    onednn_var = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    if fw.backend == "tensorflow":
+        rule = hardware.onednn_default(flags, platform.machine())
+        cpu_default = "on" if rule["expected"] else "off"
+        out["onednn"] = {
+            "value": applied.get("onednn"),
+            "chosen_by": "TF_ENABLE_ONEDNN_OPTS" if onednn_var is not None else "tensorflow",
+            "cpu_default": rule["expected"],
+            "reason": rule["reason"]
+            if onednn_var is None
+            else f"TF_ENABLE_ONEDNN_OPTS={onednn_var}; this CPU's default is {cpu_default}: "
+            + rule["reason"],
+        }
+    elif fw.backend == "torch":
+        out["onednn"] = {
+            "value": applied.get("onednn"),
+            "chosen_by": "settings" if requested.get("onednn") is not None else "torch",
+            "cpu_default": True,
+            "reason": "torch uses its oneDNN (mkldnn) kernels on any x86 CPU when built with them",
+        }
+    if not requested.get("threads"):
+        out["threads"] = {
+            "value": applied.get("threads"),
+            "chosen_by": fw.backend,
+            "reason": f"one intra-op thread per CPU this process may use "
+            f"({cpu_info()['count']})",
+        }
+    if requested.get("precision") == "mixed_bfloat16":
+        native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+        out["bfloat16"] = {
+            "value": "native" if native else "emulated",
+            "chosen_by": "cpu",
+            "reason": f"this CPU has {', '.join(native)}: bfloat16 kernels can run natively"
+            if native
+            else "this CPU has no bfloat16 instructions: bfloat16 math is done in float32 "
+            "and rounded",
+        }
+    if requested.get("tf32") is None:
+        out["tf32"] = {
+            "value": applied.get("tf32"),
+            "chosen_by": fw.backend,
+            "reason": "TensorFloat-32 exists only on NVIDIA GPUs (Ampere and later); this "
+            "value is the backend's own default switch",
+        }
+    return out
 
 
 def collect(

@@ -16,39 +16,31 @@ from typing import Any
 
 import numpy as np
 
-from scenarios import compat, fingerprint
+from scenarios import compat, fingerprint, hardware
 from scenarios.artifact import TensorStore
 from scenarios.context import FRAMEWORK_PARTS, ScenarioContext, error_record
-from scenarios.contract import SCHEMA_ID, SCHEMA_VERSION, registry
+from scenarios.contract import SCHEMA_ID, SCHEMA_VERSION, Meta, registry
 from scenarios.settings import EnvChanges, Settings, apply_runtime
 
-__all__ = ["CellResult", "Meta", "run_cell"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Meta:
-    """Who this run is, as the host says (--meta)."""
-
-    id: str = "local"
-    axes: dict[str, Any] = field(default_factory=dict)
-    executor: str = "manual"
-    repeat: int = 0
-    environment_id: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "axes": dict(self.axes),
-            "executor": self.executor,
-            "repeat": self.repeat,
-            "environment_id": self.environment_id,
-        }
+__all__ = ["CellResult", "Meta", "finish", "run_cell"]
 
 
 @dataclass(kw_only=True)
 class CellResult:
     manifest: dict[str, Any]
     store: TensorStore
+    #: what the libraries reported about their dispatch during the run
+    observed: dict[str, Any] = field(default_factory=dict)
+
+
+def finish(result: CellResult, log_text: str) -> None:
+    """Complete the fingerprint with what only the run's log says (oneDNN's
+    dispatch report), once the log is whole."""
+    fp = result.manifest.get("fingerprint", {})
+    if "isa" not in fp:
+        return
+    observed = {**result.observed, "onednn": hardware.observe_log(log_text)}
+    fp["isa"] = fingerprint.isa_block(fp["isa"]["requested"], observed)
 
 
 def _now() -> str:
@@ -155,17 +147,12 @@ def run_cell(
     contexts: list[ScenarioContext] = []
     functions = {name: s.run for name, s in registry().items()}
     t = time.perf_counter()
-    if settings.device == "gpu" and applied["device"] != "gpu":
-        # A GPU cell silently run on the CPU would poison every comparison.
+    refusal = _unavailable(settings, applied, env_changes, fw.backend)
+    if refusal is not None:
+        # A cell silently run on other hardware than it asked for would
+        # poison every comparison it is part of.
         for name in settings.scenarios:
-            scenarios[name] = _entry(
-                "unsupported",
-                0.0,
-                error={
-                    "type": "DeviceUnavailable",
-                    "message": f"--device gpu but {fw.backend} sees no GPU",
-                },
-            )
+            scenarios[name] = _entry("unsupported", 0.0, error=refusal)
     else:
         for name in settings.scenarios:
             scenarios[name], ctx = _run_scenario(name, functions.get(name), fw, settings, store)
@@ -186,6 +173,9 @@ def run_cell(
         fw, applied=applied, determinism=determinism, environment_id=meta.environment_id
     )
     fp["jit"] = jit if jit is not None else settings.jit
+    observed = _observe(fw, env_changes)
+    fp["isa"] = fingerprint.isa_block(settings.isa, observed)
+    fp["defaults"] = fingerprint.hardware_defaults(fw, requested=requested, applied=applied)
     timings["fingerprint"] = time.perf_counter() - t
 
     framework = sum(
@@ -194,7 +184,38 @@ def run_cell(
     timings["framework"] = framework
     timings["total"] = time.perf_counter() - t_start
     manifest = _manifest(meta, fp, requested, applied, scenarios, timings, notes, started_at)
-    return CellResult(manifest=manifest, store=store)
+    return CellResult(manifest=manifest, store=store, observed=observed)
+
+
+def _unavailable(
+    settings: Settings, applied: dict[str, Any], env_changes: EnvChanges, backend: str
+) -> dict[str, str] | None:
+    """Why this cell cannot run as asked on this machine, or None."""
+    if env_changes.unsupported is not None:
+        return {"type": "IsaUnavailable", "message": env_changes.unsupported}
+    if settings.device == "gpu" and applied["device"] != "gpu":
+        return {"type": "DeviceUnavailable", "message": f"--device gpu but {backend} sees no GPU"}
+    if settings.tf32 is not None and applied["device"] != "gpu":
+        return {
+            "type": "DeviceUnavailable",
+            "message": "tf32 is a mode of NVIDIA GPU matmuls (Ampere and later); "
+            "this cell computes on the CPU",
+        }
+    return None
+
+
+def _observe(fw: compat.Framework, env_changes: EnvChanges) -> dict[str, Any]:
+    """What the libraries say they dispatched to, asked after the run."""
+    observed: dict[str, Any] = {"openblas": hardware.openblas_core()}
+    if fw.backend == "torch":
+        observed["aten"] = fw.cpu_capability()
+    if fw.backend in ("tensorflow", "jax"):
+        observed["xla_cap_supported"] = env_changes.probes.get("binary", {}).get(
+            "xla_cpu_max_isa"
+        )
+    if fw.backend == "tensorflow":
+        observed["fixed"] = ["eigen"]  # compiled for one instruction set: no cap reaches it
+    return observed
 
 
 def _manifest(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from scenarios import hardware
 from scenarios.contract import OPTIONS, AxisError, setting_axes
 
 __all__ = [
@@ -188,6 +189,12 @@ class EnvChanges:
     set: dict[str, str] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: why this run cannot do what it was asked (the CPU lacks a capped ISA): its
+    #: scenarios are recorded as unsupported rather than run natively
+    unsupported: str | None = None
+    #: what apply_environment learned about the installed libraries (from
+    #: their binaries, before import), for the fingerprint
+    probes: dict[str, Any] = field(default_factory=dict)
 
 
 class _Env:
@@ -214,6 +221,9 @@ class _Env:
 
     def note(self, text: str) -> None:
         self.changes.notes.append(text)
+
+    def refuse(self, reason: str) -> None:
+        self.changes.unsupported = reason
 
 
 _BEFORE_IMPORT: dict[str, Callable[[Settings, _Env], None]] = {}
@@ -260,7 +270,40 @@ def apply_environment(
         step = _BEFORE_IMPORT.get(name)
         if step is not None:
             step(settings, proxy)
+    _observe_onednn(proxy)
     return changes
+
+
+#: The package whose binaries hold each backend's oneDNN and XLA.
+_BACKEND_PACKAGE = {"tensorflow": "tensorflow", "jax": "jaxlib", "torch": "torch"}
+_XLA_ISA_FLAG = "xla_cpu_max_isa"
+_ONEDNN_CREATE_MODE = "profile_create"
+
+
+def _binary_probe(env: _Env) -> dict[str, bool]:
+    """What the backend's binaries know, read once per run before import."""
+    if "binary" not in env.changes.probes:
+        package = _BACKEND_PACKAGE.get(env.backend)
+        env.changes.probes["binary"] = (
+            hardware.binary_mentions(package, (_XLA_ISA_FLAG, _ONEDNN_CREATE_MODE))
+            if package
+            else {}
+        )
+    found: dict[str, bool] = env.changes.probes["binary"]
+    return found
+
+
+def _observe_onednn(env: _Env) -> None:
+    """Have oneDNN say which instruction set it dispatched to and which kernels
+    it created (one line each, in log.txt): its ``profile_create`` verbose mode.
+    oneDNN before 3.0 has no such mode and would log every execution, so there
+    the dispatch goes unreported rather than flooding the log."""
+    if "ONEDNN_VERBOSE" in env.target:
+        return  # the user's own choice stands
+    if _binary_probe(env).get(_ONEDNN_CREATE_MODE):
+        env.set("ONEDNN_VERBOSE", _ONEDNN_CREATE_MODE)
+    else:
+        env.note("this oneDNN (< 3.0) cannot report its dispatch without logging every kernel")
 
 
 @before_import("onednn")
@@ -298,6 +341,40 @@ def _determinism_env(settings: Settings, env: _Env) -> None:
         # An inherited switch would make "off" a lie.
         for key in ("TF_DETERMINISTIC_OPS", "TF_CUDNN_DETERMINISTIC"):
             env.remove(key)
+
+
+@before_import("isa")
+def _isa_env(settings: Settings, env: _Env) -> None:
+    cap = hardware.isa_cap(settings.isa)
+    if cap is None:
+        return
+    missing = hardware.missing_features(cap, hardware.cpu_flags())
+    if missing:
+        env.refuse(
+            f"isa={settings.isa}: this CPU lacks {', '.join(missing)}, so it cannot imitate "
+            f"an {settings.isa.upper()} machine"
+        )
+        return
+    # Each library's own dispatcher control, all read once at load.
+    env.set("ONEDNN_MAX_CPU_ISA", cap.onednn)
+    env.set("DNNL_MAX_CPU_ISA", cap.onednn)  # the name oneDNN 2.x reads first
+    env.set("ATEN_CPU_CAPABILITY", cap.aten)
+    env.set("MKL_ENABLE_INSTRUCTIONS", cap.mkl)
+    env.set("OPENBLAS_CORETYPE", cap.openblas)
+    if env.backend in ("tensorflow", "jax"):
+        # An XLA that does not know the flag aborts the process on it.
+        if _binary_probe(env).get(_XLA_ISA_FLAG):
+            env.add_xla_flags((f"--{_XLA_ISA_FLAG}={cap.xla}",))
+        else:
+            env.note(
+                f"isa={settings.isa}: this XLA has no instruction-set cap; "
+                "jit-compiled code may use every instruction of this CPU"
+            )
+    if env.backend == "tensorflow":
+        env.note(
+            f"isa={settings.isa}: TensorFlow's Eigen kernels are compiled for a fixed "
+            "instruction set and cannot be capped; only its oneDNN and XLA kernels are"
+        )
 
 
 @before_import("device")
@@ -378,6 +455,21 @@ def _precision_runtime(settings: Settings, fw: Any, runtime: Runtime) -> str:
 def _jit_runtime(settings: Settings, fw: Any, runtime: Runtime) -> str:
     # Models compile with it; the runner replaces it by what they reported.
     return str(settings.jit)
+
+
+@at_runtime("isa")
+def _isa_runtime(settings: Settings, fw: Any, runtime: Runtime) -> str:
+    # The caps are environment variables the libraries read at load; what each
+    # library then dispatched to is read from it after the run (fingerprint).
+    return str(settings.isa)
+
+
+@at_runtime("tf32")
+def _tf32_runtime(settings: Settings, fw: Any, runtime: Runtime) -> bool | None:
+    if settings.tf32 is not None and fw.device_info()["kind"] == "gpu":
+        fw.set_tf32(settings.tf32)
+    found = fw.tf32_state()
+    return None if found is None else bool(found)
 
 
 @at_runtime("cudnn")

@@ -11,6 +11,7 @@ from artifact_factory import write_cell, write_plan, write_repeat
 from matrix.errors import ArtifactError, ResultsError
 from matrix.results.artifacts import load_cell, load_cell_safely
 from matrix.results.discovery import discover_results
+from matrix.results.merge import Loaded, merge_cells
 from matrix.results.tensors import NpzTensor
 
 TENSORS = {
@@ -138,7 +139,14 @@ def test_discover_merges_shards_and_flags_duplicates(tmp_path: Path) -> None:
     inv = discover_results([s1, s2])
     assert [c.cell_id for c in inv.cells] == ["a", "b"]
     assert inv.cells[0].directory == s1 / "a"
-    assert any(kind == "warning" and "also in" in msg for kind, msg in inv.problems)
+    # every directory is kept: whether "a" twice is a duplicate or the same
+    # cell on two machines is decided once the artifacts are read
+    assert [(e.cell_id, e.root) for e in inv.entries] == [("a", 0), ("a", 1), ("b", 1)]
+    loaded = [Loaded(root=e.root, cell=load_cell_safely(e.directory)) for e in inv.entries]
+    merged = merge_cells(loaded, inv.roots, inv.root_plans, missing_problem="absent")
+    assert [c.cell_id for c in merged.cells] == ["a", "b"]
+    assert merged.cells[0].directory == s1 / "a" and not merged.multi_machine
+    assert any("also in" in msg for msg in merged.problems)
 
 
 def test_empty_results_dir_is_an_error(tmp_path: Path) -> None:

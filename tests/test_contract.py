@@ -129,3 +129,16 @@ def test_cell_ids_leave_every_default_out_and_follow_axis_order() -> None:
     assert cell_id(axes) == "tf-2.21__cpu"
     axes.update(precision="mixed_float16", determinism="off")
     assert cell_id(axes) == "tf-2.21__cpu__mixed_float16__det-off"
+
+
+def test_the_manifest_schema_describes_every_setting_of_the_contract() -> None:
+    import json
+
+    path = Path(__file__).parent.parent / "scenarios" / "manifest.schema.json"
+    schema = json.loads(path.read_text())
+    described = set(schema["$defs"]["settings"]["properties"])
+    assert described == {a.name for a in setting_axes()} | {o.name for o in OPTIONS}
+    for axis in setting_axes():
+        enum = schema["$defs"]["settings"]["properties"][axis.name].get("enum")
+        if enum is not None and axis.runner == "choice":
+            assert tuple(enum) == axis.choices, axis.name

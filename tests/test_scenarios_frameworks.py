@@ -107,10 +107,14 @@ def run_cell(
 
 
 DETERMINISTIC = ("--determinism", "on")
+#: Where a result depends on the CPU, it must hold with the native dispatch
+#: and with the libraries capped to AVX2 (what an AVX2-only machine runs), so
+#: both branches are exercised on whichever machine the suite runs.
+ISAS = ("native", "avx2")
 
 
-def _primary(run_cell: Callable[..., Cell], stack: str) -> Cell:
-    return run_cell(stack, *DETERMINISTIC)
+def _primary(run_cell: Callable[..., Cell], stack: str, isa: str = "native") -> Cell:
+    return run_cell(stack, *DETERMINISTIC, *(("--isa", isa) if isa != "native" else ()))
 
 
 # ---- the artifact ----------------------------------------------------------
@@ -192,11 +196,12 @@ def _assert_within(
     )
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("stack", STACKS)
 def test_mlp_forward_is_within_float32_rounding_of_the_oracle(
-    run_cell: Callable[..., Cell], stack: str
+    run_cell: Callable[..., Cell], stack: str, isa: str
 ) -> None:
-    cell = _primary(run_cell, stack)
+    cell = _primary(run_cell, stack, isa)
     data = mlp_data()
     bounds = ref.mlp_forward_bound(data.weights, data.forward_x)
     for scenario in ("seeded_mlp", "precision"):  # precision runs float32 in this cell
@@ -205,11 +210,12 @@ def test_mlp_forward_is_within_float32_rounding_of_the_oracle(
         _assert_within(cell, f"{scenario}/forward/output", bounds[1])
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("stack", STACKS)
 def test_lstm_forward_is_within_float32_rounding_of_the_oracle(
-    run_cell: Callable[..., Cell], stack: str
+    run_cell: Callable[..., Cell], stack: str, isa: str
 ) -> None:
-    cell = _primary(run_cell, stack)
+    cell = _primary(run_cell, stack, isa)
     data, bs = lstm_data(), LSTM_SHAPE.batch_size
     stateless = ref.lstm_forward_bound(data.weights, data.x, batch_size=bs, stateful=False)
     _assert_within(cell, "stateful_lstm/stateless/output", stateless.output)
@@ -225,21 +231,32 @@ def test_lstm_forward_is_within_float32_rounding_of_the_oracle(
         _assert_within(cell, "stateful_lstm/forward/output", stateless.output, oracle.output)
         return
     assert data_flags["predict_carries_state"] is True
-    assert data_flags["reset_gives_same_output"] is True
     _assert_within(cell, "stateful_lstm/forward/layer_00_lstm", stateful.lstm)
     _assert_within(cell, "stateful_lstm/forward/output", stateful.output)
+    # predict() after a reset against the layer-by-layer pass: bitwise on some
+    # CPUs, not on others. What holds everywhere: each is within the float32
+    # bound of the oracle, so they are within twice it of each other; and
+    # the manifest says which case this machine is.
+    layered = cell.tensors["stateful_lstm/forward/layer_01_dense"].astype(np.float64)
+    again = cell.tensors["stateful_lstm/forward/output"].astype(np.float64)
+    gap = np.abs(again - layered)
+    assert np.all(gap <= 2 * stateful.output.reshape(gap.shape))
+    recorded = data_flags["reset_output"]
+    assert recorded["bitwise_equal"] == bool(np.array_equal(again, layered))
+    assert recorded["max_abs_diff"] == float(gap.max())
     _assert_within(cell, "stateful_lstm/forward/state_h", stateful.state_h)
     _assert_within(cell, "stateful_lstm/forward/state_c", stateful.state_c)
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("stack", STACKS)
 def test_mlp_training_follows_the_keras_adam_oracle(
-    run_cell: Callable[..., Cell], stack: str
+    run_cell: Callable[..., Cell], stack: str, isa: str
 ) -> None:
     """Training is not bounded by one rounding analysis (100 coupled steps),
     so the tolerance is justified differently: it must be tight enough to
     reject a plausible wrong Adam (no bias correction), computed here."""
-    cell = _primary(run_cell, stack)
+    cell = _primary(run_cell, stack, isa)
     data = mlp_data()
     got = cell.tensors["seeded_mlp/train/loss"]
     oracle = cell.tensors["reference/seeded_mlp/train/loss"]
@@ -385,9 +402,24 @@ def test_onednn_and_threads_are_recorded_as_applied_not_as_asked(
     assert applied["onednn"] is False and tf_cell.manifest["fingerprint"]["onednn"] is False
     assert applied["threads"] == 1
     assert tf_cell.manifest["fingerprint"]["env"]["TF_ENABLE_ONEDNN_OPTS"] == "0"
-    default = _primary(run_cell, "tf-2.15")
-    # oneDNN is on by default in TF >= 2.9 on x86 Linux: the probe says so.
-    assert default.manifest["settings"]["applied"]["onednn"] is True
+    # TensorFlow turns oneDNN on by default only on x86 CPUs with AVX512_VNNI,
+    # AVX512_BF16, AVX_VNNI or AMX (its IsMKLEnabled): derived here from the
+    # CPU flags the manifest recorded, so the test holds on either kind of
+    # machine; the manifest must say what TF chose and why.
+    for isa in ISAS:
+        default = _primary(run_cell, "tf-2.15", isa)
+        flags = set(default.manifest["fingerprint"]["cpu"]["flags"])
+        features = {"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"}
+        expected = bool(flags & features)
+        assert default.manifest["settings"]["applied"]["onednn"] is expected
+        chosen = default.manifest["fingerprint"]["defaults"]["onednn"]
+        assert chosen["value"] is expected and chosen["cpu_default"] is expected
+        assert chosen["chosen_by"] == "tensorflow"
+        for feature in flags & features:
+            assert feature in chosen["reason"]
+    assert tf_cell.manifest["fingerprint"]["defaults"]["onednn"]["chosen_by"] == (
+        "TF_ENABLE_ONEDNN_OPTS"
+    )
 
     jax_cell = run_cell(
         "keras-3.15-jax",
@@ -403,3 +435,43 @@ def test_onednn_and_threads_are_recorded_as_applied_not_as_asked(
     assert (
         "--xla_cpu_multi_thread_eigen=false" in jax_cell.manifest["fingerprint"]["env"]["XLA_FLAGS"]
     )
+
+
+# ---- instruction-set caps -------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_an_avx2_cap_is_applied_and_each_library_reports_what_it_did(
+    run_cell: Callable[..., Cell], stack: str
+) -> None:
+    """The cap reaches each library through its own control, and the manifest
+    records what each one then dispatched to, or that it cannot be capped."""
+    cell = _primary(run_cell, stack, "avx2")
+    fp = cell.manifest["fingerprint"]
+    isa = fp["isa"]
+    assert cell.manifest["settings"]["applied"]["isa"] == "avx2"
+    assert isa["requested"] == "avx2" and isa["cpu_supports"] is True
+    env = fp["env"]
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2" and env["OPENBLAS_CORETYPE"] == "Haswell"
+    libs = isa["libraries"]
+    # NumPy's OpenBLAS names the kernel set it loaded, read from the library.
+    assert libs["openblas"]["dispatched"] == "Haswell" and libs["openblas"]["honoured"] is True
+    backend = fp["backend"]
+    if backend == "torch":
+        assert env["ATEN_CPU_CAPABILITY"] == "avx2"
+        assert libs["aten"]["dispatched"].upper() == "AVX2" and libs["aten"]["honoured"] is True
+    onednn = libs["onednn"]
+    if onednn["dispatched"] is not None:
+        # oneDNN's own words for what it dispatched to, from its verbose line.
+        assert "AVX2" in onednn["dispatched"] and "512" not in onednn["dispatched"]
+        assert onednn["honoured"] is True
+    elif backend == "tensorflow" and fp["onednn"]:
+        # TensorFlow 2.12's oneDNN 2.x has no create-only verbose mode: said, not guessed.
+        assert any("cannot report its dispatch" in n for n in cell.manifest["notes"])
+    if backend in ("tensorflow", "jax"):
+        capped = "--xla_cpu_max_isa=AVX2" in env.get("XLA_FLAGS", "")
+        assert capped is bool(libs["xla"]["supported"])
+        if not capped:
+            assert any("no instruction-set cap" in n for n in cell.manifest["notes"])
+    if backend == "tensorflow":
+        assert "eigen" in isa["fixed"]  # compiled in: said to be uncapped, not claimed

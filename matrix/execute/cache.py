@@ -32,8 +32,16 @@ def scenarios_hash(root: Path) -> str:
 
 
 def cache_key(
-    *, environment_id: str, scenarios: str, runner_args: Sequence[str], repeat: int, executor: str
+    *,
+    environment_id: str,
+    scenarios: str,
+    runner_args: Sequence[str],
+    repeat: int,
+    executor: str,
+    machine: str = "",
 ) -> str:
+    """``machine``: what defines the host's CPU (results directories travel;
+    a result made on another CPU is no cached result for this one)."""
     payload = json.dumps(
         {
             "environment_id": environment_id,
@@ -41,6 +49,7 @@ def cache_key(
             "runner_args": list(runner_args),
             "repeat": repeat,
             "executor": executor,
+            "machine": machine,
         },
         sort_keys=True,
     )

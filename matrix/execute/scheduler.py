@@ -39,15 +39,17 @@ from pathlib import Path
 from typing import Any
 
 from matrix.console import RunProgress
-from matrix.errors import BuildError, DiskFullError
-from matrix.execute.cache import cache_key, cached, scenarios_hash
+from matrix.errors import BuildError, DiskFullError, SpecError
+from matrix.execute.cache import cache_key, cached, read_record, scenarios_hash
 from matrix.execute.executors.base import CellRun, Environment, Executor
 from matrix.execute.planfile import atomic_write, write_plan
 from matrix.paths import SCENARIOS
 from matrix.plan.cells import runner_args
 from matrix.plan.stacks import Stack
 from matrix.plan.tasks import RunPlan, Task
-from scenarios.contract import ARTIFACT_FILES, MANIFEST, RUN_RECORD
+from matrix.results.machine import Machine, machine_of
+from scenarios import hardware
+from scenarios.contract import ARTIFACT_FILES, MANIFEST, RUN_RECORD, Meta
 
 __all__ = ["RunOutcome", "RunSummary", "Stop", "execute", "run_dir"]
 
@@ -135,6 +137,8 @@ def execute(
     summary = RunSummary()
     results = results.absolute()
     results.mkdir(parents=True, exist_ok=True)
+    host = this_machine()
+    _check_machine(results, host.label)
     write_plan(results, plan)
     scen_hash = scenarios_hash(SCENARIOS)
     started = time.monotonic()
@@ -205,7 +209,8 @@ def execute(
             try:
                 outcome = _run_task(
                     task, plan, executor, catalog, results,
-                    env_ids[task.cell.environment], scen_hash, use_cache=use_cache, stop=stop,
+                    env_ids[task.cell.environment], scen_hash, host, use_cache=use_cache,
+                    stop=stop,
                 )  # fmt: skip
             except BaseException as exc:
                 fatal.append(exc)
@@ -243,6 +248,7 @@ def _run_task(
     results: Path,
     environment_id: str,
     scen_hash: str,
+    host: Machine,
     *,
     use_cache: bool,
     stop: Stop,
@@ -255,6 +261,7 @@ def _run_task(
         runner_args=args,
         repeat=repeat,
         executor=executor.name,
+        machine=host.key,
     )
     target = run_dir(results, cell.id, repeat)
     with _cell_lock(results, cell.id, repeat, stop) as locked:
@@ -263,13 +270,13 @@ def _run_task(
         _reap_stale(results, cell.id, repeat, executor)
         if use_cache and cached(target, key):
             return RunOutcome(task=task, status="cached", seconds=0.0)
-        meta = {
-            "id": cell.id,
-            "axes": cell.axes,
-            "executor": executor.name,
-            "repeat": repeat,
-            "environment_id": environment_id,
-        }
+        meta = Meta(
+            id=cell.id,
+            axes=dict(cell.axes),
+            executor=executor.name,
+            repeat=repeat,
+            environment_id=environment_id,
+        ).to_json()
         staging = results / ".staging" / f"{cell.id}.{repeat}.{uuid.uuid4().hex[:8]}"
         try:
             staging.mkdir(parents=True)
@@ -300,6 +307,7 @@ def _run_task(
                 {
                     "status": "ok",
                     "cache_key": key,
+                    "machine": host.label,
                     "seconds": round(run.seconds, 3),
                     "executor": executor.name,
                     "environment_id": environment_id,
@@ -309,6 +317,30 @@ def _run_task(
             return RunOutcome(task=task, status="ok", seconds=run.seconds)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def this_machine() -> Machine:
+    """The host as a fingerprint would name it (containers see the same CPU)."""
+    found = machine_of({"cpu": hardware.cpu_info(), "device": {"kind": "cpu"}})
+    return found or Machine(label="unknown", cpu_model=None, cpu_family=None, flags=(), arch=None)
+
+
+def _check_machine(results: Path, label: str) -> None:
+    """Refuse a results directory that holds another machine's runs: they
+    would be overwritten, and results from two hosts belong side by side
+    (``nox -s report -- DIR_A DIR_B`` merges them with the machine as an axis)."""
+    try:
+        children = [c for c in results.iterdir() if c.is_dir() and not c.name.startswith(".")]
+    except OSError:
+        return
+    for child in children:
+        record = read_record(child)
+        other = record.get("machine") if record else None
+        if isinstance(other, str) and other != label:
+            raise SpecError(
+                f"{results} holds runs made on machine {other!a} (this is {label}); give "
+                "--results another directory, then merge both with `nox -s report -- DIR DIR`"
+            )
 
 
 def _reap_stale(results: Path, cell_id: str, repeat: int, executor: Executor) -> None:

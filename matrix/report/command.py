@@ -16,7 +16,7 @@ import argparse
 import datetime as dt
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -38,6 +38,7 @@ from matrix.report.render_junit import render_junit
 from matrix.report.render_markdown import render_markdown
 from matrix.results.artifacts import CellArtifact, load_cell_safely
 from matrix.results.discovery import discover_results
+from matrix.results.merge import Loaded, merge_cells, merged_axes, qualify
 
 __all__ = [
     "OUTPUT_FILES",
@@ -103,28 +104,34 @@ def make_findings(
         )
         thresholds = DEFAULT_THRESHOLDS
 
-    cells: list[CellArtifact] = []
-    repeats: dict[str, list[CellArtifact]] = {}
-    first_root = Path(results_dirs[0])
-    for entry in inventory.cells:
-        if entry.directory is None:
-            cells.append(
-                CellArtifact(
-                    cell_id=entry.cell_id,
-                    directory=first_root / entry.cell_id,
-                    problem="planned in plan.json but absent from every results directory",
-                    missing=True,
-                )
-            )
-            continue
-        cells.append(load_cell_safely(entry.directory, cell_id=entry.cell_id))
-        repeats[entry.cell_id] = [load_cell_safely(d, cell_id=entry.cell_id) for d in entry.repeats]
-
-    choice = _choose_reference(cells, reference, inventory.plan.reference, found)
+    loaded = [
+        Loaded(
+            root=entry.root,
+            cell=load_cell_safely(entry.directory, cell_id=entry.cell_id),
+            repeats=tuple(load_cell_safely(d, cell_id=entry.cell_id) for d in entry.repeats),
+        )
+        for entry in inventory.entries
+        if entry.directory is not None
+    ]
+    merged = merge_cells(
+        loaded,
+        inventory.roots,
+        inventory.root_plans,
+        missing_problem="planned in plan.json but absent from every results directory",
+    )
+    found += [Problem(kind="warning", message=m) for m in merged.problems]
+    cells = list(merged.cells)
+    repeats = {cid: list(runs) for cid, runs in merged.repeats.items()}
+    plan = replace(
+        inventory.plan,
+        axes=merged_axes(inventory.plan.axes, merged),
+        reference=qualify(inventory.plan.reference, merged),
+    )
+    choice = _choose_reference(cells, reference, plan.reference, found)
     return build_findings(
         cells,
         repeats,
-        plan=inventory.plan,
+        plan=plan,
         reference=choice,
         thresholds=thresholds,
         fail_on=gate,

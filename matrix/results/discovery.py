@@ -28,13 +28,19 @@ class CellEntry:
     cell_id: str
     directory: Path | None  # None: planned but absent from every results dir
     repeats: tuple[Path, ...] = ()
+    root: int = 0  # which results directory, by its index
 
 
 @dataclass(frozen=True, kw_only=True)
 class ResultsInventory:
-    plan: PlanFile
-    cells: tuple[CellEntry, ...]
+    plan: PlanFile  # every directory's plan.json, merged
+    cells: tuple[CellEntry, ...]  # one per cell id, in plan order (the first found wins)
     problems: tuple[tuple[str, str], ...]  # (kind, one line): results | warning
+    #: every cell directory of every results directory, duplicates included:
+    #: the same cell made on two machines is two cells once merged
+    entries: tuple[CellEntry, ...] = ()
+    roots: tuple[Path, ...] = ()
+    root_plans: tuple[PlanFile | None, ...] = ()
 
 
 def shown_name(name: str) -> str | None:
@@ -57,10 +63,13 @@ def discover_results(
         raise ResultsError("no results directory given")
     problems: list[tuple[str, str]] = []
     plans: list[PlanFile] = []
+    root_plans: list[PlanFile | None] = []
     found: dict[str, CellEntry] = {}
+    entries: list[CellEntry] = []
     skipped = {p.resolve() for p in skip}
-    for root in results_dirs:
+    for index, root in enumerate(results_dirs):
         where = ascii(str(root))[1:-1]
+        root_plans.append(None)
         if not root.is_dir():
             problems.append(("results", f"{where}: results directory does not exist"))
             continue
@@ -68,6 +77,7 @@ def discover_results(
         if plan_path.is_file():
             try:
                 plans.append(read_plan(plan_path))
+                root_plans[index] = plans[-1]
             except ArtifactError as exc:
                 problems.append(("results", exc.message))
         cells_here = 0
@@ -88,15 +98,11 @@ def discover_results(
                 )
                 continue
             cells_here += 1
-            if name in found:
-                problems.append(
-                    (
-                        "warning",
-                        f"{child}: cell {name} also in {found[name].directory}; using the first",
-                    )
-                )
-                continue
-            found[name] = CellEntry(cell_id=name, directory=child, repeats=_repeat_dirs(child))
+            entry = CellEntry(
+                cell_id=name, directory=child, repeats=_repeat_dirs(child), root=index
+            )
+            entries.append(entry)
+            found.setdefault(name, entry)
         if cells_here == 0:
             problems.append(("results", f"{where}: no cell directories in this results directory"))
     plan = merge_plans(plans)
@@ -105,10 +111,17 @@ def discover_results(
         raise ResultsError(f"nothing to report: {detail}")
     ordered: list[CellEntry] = []
     for cid in plan.cells:
-        entry = found.pop(cid, None)
-        ordered.append(entry or CellEntry(cell_id=cid, directory=None))
+        held = found.pop(cid, None)
+        ordered.append(held or CellEntry(cell_id=cid, directory=None))
     ordered.extend(found[cid] for cid in sorted(found))
-    return ResultsInventory(plan=plan, cells=tuple(ordered), problems=tuple(problems))
+    return ResultsInventory(
+        plan=plan,
+        cells=tuple(ordered),
+        problems=tuple(problems),
+        entries=tuple(entries),
+        roots=tuple(results_dirs),
+        root_plans=tuple(root_plans),
+    )
 
 
 def _repeat_dirs(cell_dir: Path) -> tuple[Path, ...]:

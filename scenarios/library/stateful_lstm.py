@@ -68,7 +68,15 @@ def _forward(ctx: ScenarioContext, weights: tuple[np.ndarray, ...], x: np.ndarra
         output = np.asarray(fw.predict(model, x, batch_size=s.batch_size))
     ctx.put("forward", "output", output)
     ctx.put_reference("forward", "output", oracle.output)
-    ctx.data["reset_gives_same_output"] = bool(np.array_equal(output, np.asarray(outs[-1])))
+    # predict() after a reset and the layer-by-layer pass run the same math
+    # through different graphs: bitwise equal on some CPUs and kernels, within
+    # rounding on others (Keras 2 without oneDNN). Which one is data.
+    layered = np.asarray(outs[-1])
+    gap = np.abs(output.astype(np.float64) - layered.astype(np.float64))
+    ctx.data["reset_output"] = {
+        "bitwise_equal": bool(np.array_equal(output, layered)),
+        "max_abs_diff": float(gap.max()) if gap.size else 0.0,
+    }
     fw.reset_states(model)
 
 

@@ -1,0 +1,158 @@
+"""Merge the cells of several results directories: shards of one run, or
+runs of the same matrix on different machines.
+
+Shards of one machine simply add up (a cell found twice keeps the first).
+When the cells come from more than one machine (derived from each
+fingerprint, :mod:`matrix.results.machine`), the machine becomes an axis:
+every cell is named ``<cell-id>@<machine>``, so the same cell made on two
+hosts is kept twice and compared ("changing the machine alone moves phase P
+by ..."), never overwritten. Pure: the caller loads the artifacts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from matrix.execute.planfile import PlanFile
+from matrix.results.artifacts import CellArtifact
+from matrix.results.machine import MACHINE_AXIS, UNKNOWN, Machine, distinct_labels, machine_of
+
+__all__ = ["Loaded", "Merged", "merge_cells", "merged_axes", "qualify"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Loaded:
+    """One cell directory as loaded, with the results directory it came from."""
+
+    root: int
+    cell: CellArtifact
+    repeats: tuple[CellArtifact, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Merged:
+    cells: tuple[CellArtifact, ...]
+    repeats: Mapping[str, tuple[CellArtifact, ...]]
+    #: the machine label of each cell id, when several machines are merged (else empty)
+    machines: Mapping[str, str]
+    #: one line each: cells found twice on the same machine
+    problems: tuple[str, ...]
+    #: the machine most cells of each results directory ran on (by its index)
+    root_machines: Mapping[int, str]
+
+    @property
+    def multi_machine(self) -> bool:
+        return len(set(self.machines.values())) > 1
+
+
+def merge_cells(
+    loaded: Sequence[Loaded],
+    roots: Sequence[Path],
+    plans: Sequence[PlanFile | None],
+    *,
+    missing_problem: str,
+) -> Merged:
+    """The cells of every results directory, in plan order, then the rest by id.
+
+    ``roots`` are the results directories and ``plans`` their plan.json
+    (None: it has none), by index. A cell planned but absent from every
+    directory of its machine comes back ``missing``.
+    """
+    machine_by_key: dict[str, Machine] = {}
+    key_of: list[str | None] = []
+    for item in loaded:
+        machine = machine_of(item.cell.fingerprint) if item.cell.fingerprint else None
+        if machine is None:
+            key_of.append(None)
+            continue
+        machine_by_key.setdefault(machine.key, machine)
+        key_of.append(machine.key)
+    labels = distinct_labels(machine_by_key)
+    # A cell without a fingerprint (failed before its manifest) ran where the
+    # other cells of its results directory ran.
+    root_label: dict[int, str] = {}
+    votes: dict[int, Counter[str]] = {}
+    for item, key in zip(loaded, key_of, strict=True):
+        if key is not None:
+            votes.setdefault(item.root, Counter())[labels[key]] += 1
+    for root, counter in votes.items():
+        root_label[root] = counter.most_common(1)[0][0]
+
+    def label(index: int) -> str:
+        key = key_of[index]
+        return labels[key] if key is not None else root_label.get(loaded[index].root, UNKNOWN)
+
+    multi = len(set(labels.values())) > 1
+    problems: list[str] = []
+    cells: dict[str, CellArtifact] = {}
+    repeats: dict[str, tuple[CellArtifact, ...]] = {}
+    machines: dict[str, str] = {}
+    for n, item in enumerate(loaded):
+        name = item.cell.cell_id
+        where = label(n)
+        if multi:
+            cid = f"{name}@{where}"
+            axes = {**item.cell.axes, MACHINE_AXIS: where}
+            cell = replace(item.cell, cell_id=cid, axes=axes)
+            runs = tuple(replace(r, cell_id=cid, axes=axes) for r in item.repeats)
+        else:
+            cid, cell, runs = name, item.cell, item.repeats
+        if cid in cells:
+            problems.append(
+                f"{item.cell.directory}: cell {cid} also in {cells[cid].directory}; using the first"
+            )
+            continue
+        cells[cid] = cell
+        repeats[cid] = runs
+        if multi:
+            machines[cid] = where
+
+    # Planned cells no directory of their machine holds.
+    planned: list[str] = []
+    for root, plan in enumerate(plans):
+        if plan is None:
+            continue
+        where = root_label.get(root, UNKNOWN)
+        for name in plan.cells:
+            cid = f"{name}@{where}" if multi else name
+            if cid not in planned:
+                planned.append(cid)
+            if cid not in cells:
+                cells[cid] = CellArtifact(
+                    cell_id=cid,
+                    directory=roots[root] / name,
+                    problem=missing_problem,
+                    missing=True,
+                    axes={MACHINE_AXIS: where} if multi else {},
+                )
+                repeats[cid] = ()
+                if multi:
+                    machines[cid] = where
+    ordered = [cid for cid in planned if cid in cells]
+    ordered += sorted(cid for cid in cells if cid not in set(planned))
+    return Merged(
+        cells=tuple(cells[c] for c in ordered),
+        repeats={c: repeats[c] for c in ordered},
+        machines=machines,
+        problems=tuple(problems),
+        root_machines=root_label,
+    )
+
+
+def qualify(cell_id: str | None, merged: Merged) -> str | None:
+    """A plan's cell id (the reference) in the merged naming: on the machine
+    of the first results directory."""
+    if cell_id is None or not merged.multi_machine:
+        return cell_id
+    first = merged.root_machines.get(0)
+    return f"{cell_id}@{first}" if first else None
+
+
+def merged_axes(axes: Sequence[str], merged: Merged) -> tuple[str, ...]:
+    """The plan's axes, and the machine when several machines are merged."""
+    if merged.multi_machine and MACHINE_AXIS not in axes:
+        return (*axes, MACHINE_AXIS)
+    return tuple(axes)

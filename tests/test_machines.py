@@ -1,0 +1,136 @@
+"""The machine as an axis: results of the same cells from two hosts merge
+into one report where each cell appears once per machine, and changing the
+machine alone is attributed like any other axis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from artifact_factory import fingerprint, write_cell, write_plan
+
+from matrix.report.command import build_report, make_findings
+from matrix.results.machine import distinct_labels, isa_level, machine_of
+
+AVX2 = {"model": "AMD EPYC", "flags": ["avx", "avx2", "f16c", "fma", "sse4_2"], "count": 2}
+AVX512 = {
+    "model": "AMD EPYC",
+    "flags": ["avx", "avx2", "avx512_bf16", "avx512_vnni", "avx512f", "fma", "sse4_2"],
+    "count": 2,
+}
+
+
+def test_labels_are_readable_and_name_the_widest_isa() -> None:
+    assert machine_of(fingerprint(cpu=AVX2)).label == "amd-epyc-avx2"  # type: ignore[union-attr]
+    assert machine_of(fingerprint(cpu=AVX512)).label == "amd-epyc-avx512-bf16"  # type: ignore[union-attr]
+    intel = {"model": "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz", "flags": ["amx_tile"]}
+    assert machine_of(fingerprint(cpu=intel)).label.endswith("-amx")  # type: ignore[union-attr]
+    assert isa_level(["sse4_2"]) == "sse"
+    gpu = fingerprint(cpu=AVX2, device={"kind": "gpu", "name": "NVIDIA H200", "driver": "570"})
+    assert machine_of(gpu).label == "amd-epyc-avx2+nvidia-h200"  # type: ignore[union-attr]
+    assert machine_of({"cpu": "not a table"}) is None
+    assert machine_of(fingerprint(cpu={"model": None, "flags": []})) is None
+
+
+def test_two_machines_with_one_label_are_kept_apart() -> None:
+    a = machine_of(fingerprint(cpu=AVX2))
+    c = machine_of(fingerprint(cpu={**AVX2, "flags": ["avx2", "fma"]}))
+    assert a is not None and c is not None
+    assert a.label == c.label and a.key != c.key  # same model and level, other flags
+    labels = distinct_labels({a.key: a, c.key: c})
+    assert len(set(labels.values())) == 2
+    assert all(v.startswith("amd-epyc-avx2-") for v in labels.values())
+    assert distinct_labels({a.key: a}) == {a.key: "amd-epyc-avx2"}
+
+
+def _host(root: Path, cpu: dict, outputs: dict[str, float], failed: str | None = None) -> Path:
+    for cell, value in outputs.items():
+        stack = cell.split("__")[0]
+        write_cell(
+            root,
+            cell,
+            axes={"stack": stack, "precision": "float32"},
+            tensors={"seeded_mlp/forward/output": np.full(4, value, dtype=np.float32)},
+            fingerprint_overrides={"cpu": cpu},
+        )
+    cells = list(outputs) + ([failed] if failed else [])
+    if failed:
+        # a run that failed before its manifest: it has no fingerprint
+        d = root / failed
+        d.mkdir(parents=True)
+        (d / "run.json").write_text(
+            json.dumps(
+                {
+                    "status": "failed",
+                    "reason": "timeout after 10 s",
+                    "cell": failed,
+                    "axes": {"stack": failed.split("__")[0]},
+                    "repeat": 0,
+                }
+            )
+        )
+    write_plan(root, cells, axes=["stack", "precision"], reference=cells[0])
+    return root
+
+
+def test_the_same_cells_from_two_machines_merge_with_the_machine_as_an_axis(
+    tmp_path: Path,
+) -> None:
+    one = _host(tmp_path / "avx2", AVX2, {"tf-2.15__cpu": 1.0, "tf-2.16__cpu": 1.0})
+    two = _host(
+        tmp_path / "avx512",
+        AVX512,
+        {"tf-2.15__cpu": 1.0, "tf-2.16__cpu": 1.5},
+        failed="tf-2.21__cpu",
+    )
+    findings = make_findings([one, two])
+    ids = [c.id for c in findings.cells]
+    assert ids == [
+        "tf-2.15__cpu@amd-epyc-avx2",
+        "tf-2.16__cpu@amd-epyc-avx2",
+        "tf-2.15__cpu@amd-epyc-avx512-bf16",
+        "tf-2.16__cpu@amd-epyc-avx512-bf16",
+        "tf-2.21__cpu@amd-epyc-avx512-bf16",  # no fingerprint: its directory's machine
+    ]
+    assert "machine" in findings.axes
+    assert findings.reference.cell == "tf-2.15__cpu@amd-epyc-avx2"
+    assert any(r.axis == "machine" for r in findings.attribution)
+    # per pair: bitwise on tf-2.15, a 0.5 gap on tf-2.16
+    verdicts = {(c.baseline, c.candidate): c.verdict for c in findings.comparisons_of("axis")}
+    avx2, avx512 = "@amd-epyc-avx2", "@amd-epyc-avx512-bf16"
+    assert verdicts[("tf-2.15__cpu" + avx2, "tf-2.15__cpu" + avx512)] == "identical"
+    assert verdicts[("tf-2.16__cpu" + avx2, "tf-2.16__cpu" + avx512)] == "divergent"
+
+
+def test_one_machine_keeps_plain_cell_ids(tmp_path: Path) -> None:
+    one = _host(tmp_path / "s1", AVX2, {"tf-2.15__cpu": 1.0})
+    two = _host(tmp_path / "s2", AVX2, {"tf-2.16__cpu": 1.0})
+    findings = make_findings([one, two])
+    assert [c.id for c in findings.cells] == ["tf-2.15__cpu", "tf-2.16__cpu"]
+    assert "machine" not in findings.axes
+
+
+def test_the_merged_report_is_written_and_valid(tmp_path: Path) -> None:
+    import jsonschema
+
+    from matrix.paths import REPORT_SCHEMA
+
+    one = _host(tmp_path / "a", AVX2, {"tf-2.15__cpu": 1.0})
+    two = _host(tmp_path / "b", AVX512, {"tf-2.15__cpu": 1.0})
+    summary = build_report([one, two], tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    jsonschema.validate(report, json.loads(REPORT_SCHEMA.read_text()))
+    assert {c["id"] for c in report["cells"]} == {
+        "tf-2.15__cpu@amd-epyc-avx2",
+        "tf-2.15__cpu@amd-epyc-avx512-bf16",
+    }
+    assert summary.exit_code == 0
+
+
+@pytest.mark.parametrize("cpu", [{"model": "[bold]x[/]", "flags": ["avx2"]}, {"flags": 3}])
+def test_hostile_cpu_fields_never_break_the_label(cpu: dict) -> None:
+    found = machine_of(fingerprint(cpu=cpu))
+    if found is not None:
+        assert all(ch.isalnum() or ch in "-+" for ch in found.label)
