@@ -227,16 +227,22 @@ def cmd_run(argv: list[str]) -> int:
     )
     stop = Stop()
     with _signals_stop(stop), console.live(progress.status):
-        summary = execute(
-            plan,
-            executor,
-            catalog,
-            results,
-            jobs=jobs,
-            use_cache=not opts.no_cache,
-            progress=progress,
-            stop=stop,
-        )
+        try:
+            summary = execute(
+                plan,
+                executor,
+                catalog,
+                results,
+                jobs=jobs,
+                use_cache=not opts.no_cache,
+                progress=progress,
+                stop=stop,
+            )
+        except KeyboardInterrupt:
+            # A second Ctrl-C: leave at once, but not with containers running.
+            stop.request()
+            stop.join(30)
+            raise
     stages = dict(summary.stage_seconds)
     console.line(
         f"runs: {summary.count('ok')} ran, {summary.count('cached')} reused from the cache, "

@@ -107,17 +107,20 @@ def run(
     feed: Callable[[IO[bytes]], None] | None = None,
     on_kill: Callable[[], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    cleanup: bool = False,
 ) -> Result:
     """Run ``cmd`` to its end or its limit; never raises for its exit status.
 
     ``feed`` writes the command's stdin (then closes it); ``on_line`` sees
     every output line as it comes; ``on_kill`` runs before the process group
     is killed (a container to remove); ``on_start`` gets the pid.
-    Raises OSError when the program cannot be started at all.
+    ``cleanup`` commands (removing a container) still run after a stop, which
+    refuses every other command. Raises OSError when the program cannot be
+    started at all.
     """
     args = tuple(str(c) for c in cmd)
     start = time.monotonic()
-    if _STOPPING.is_set():
+    if _STOPPING.is_set() and not cleanup:
         return Result(cmd=args, returncode=None, output="", seconds=0.0, stopped=True)
     proc = subprocess.Popen(
         args,
@@ -129,8 +132,9 @@ def run(
         start_new_session=True,
     )
     entry = _Live(proc=proc, on_kill=on_kill)
-    with _LOCK:
-        _ENTRIES[proc.pid] = entry
+    if not cleanup:  # a stop must not kill the commands that clean up after it
+        with _LOCK:
+            _ENTRIES[proc.pid] = entry
     if on_start is not None:
         on_start(proc.pid)
     tail: deque[str] = deque(maxlen=TAIL_LINES)

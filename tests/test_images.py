@@ -295,3 +295,17 @@ def test_missing_unpullable_base_is_one_clear_error() -> None:
     with pytest.raises(BuildError, match=r"base image krm-test:absent .*nox -s base-image") as info:
         images.ensure_image(CATALOG["tf-2.15"], "cpu", base="krm-test:absent", log=lambda _: None)
     assert "\n" not in info.value.message and info.value.exit_code == 5
+
+
+def test_an_index_build_gets_the_hosts_trust_store_and_proxies(tmp_path: Path) -> None:
+    """A network that inspects TLS has its own authority: a build that fetches
+    from the index must trust what the host trusts, and use its proxy."""
+    bundle = tmp_path / "ca.crt"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    mounts, env = images.index_access(
+        {"SSL_CERT_FILE": str(bundle), "HTTPS_PROXY": "http://proxy:3128", "HOME": "/root"}
+    )
+    assert [(m.source, m.read_only) for m in mounts] == [(bundle.resolve(), True)]
+    assert env == {"HTTPS_PROXY": "http://proxy:3128", "SSL_CERT_FILE": mounts[0].target}
+    mounts, env = images.index_access({"SSL_CERT_FILE": str(tmp_path / "missing.crt")})
+    assert all(m.source.is_file() for m in mounts)  # only a bundle that exists is mounted

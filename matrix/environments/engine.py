@@ -225,9 +225,9 @@ def container_user(info: EngineInfo, uid: int | None = None, gid: int | None = N
     return f"{uid}:{gid}"
 
 
-def _cli(*args: str, timeout: float = QUERY_TIMEOUT) -> command.Result:
+def _cli(*args: str, timeout: float = QUERY_TIMEOUT, cleanup: bool = False) -> command.Result:
     try:
-        return command.run([check_engine().binary, *args], timeout=timeout)
+        return command.run([check_engine().binary, *args], timeout=timeout, cleanup=cleanup)
     except OSError as exc:
         raise EngineError(f"the container engine cannot be started: {exc}") from None
 
@@ -494,8 +494,9 @@ class RunResult:
 
 
 def remove_container(name: str) -> None:
-    """Kill and remove a container by name; silent when it is already gone."""
-    _cli("rm", "--force", name)
+    """Kill and remove a container by name; silent when it is already gone.
+    Runs during a stop too: that is when it matters most."""
+    _cli("rm", "--force", name, cleanup=True)
 
 
 def containers_with_label(key: str, value: str) -> list[str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import os
 import re
 import shutil
 import time
@@ -364,13 +365,18 @@ def _install(
             engine.Mount(source=lock, target="/krm/lock.txt"),
             engine.Mount(source=uv, target="/krm/uv"),
         ]
+        env: dict[str, str] = {}
         if plan.mode == "wheelhouse":
             mounts.append(engine.Mount(source=wheelhouse_dir(), target="/krm/wheels"))
+        else:
+            mounts_, env = index_access()
+            mounts += mounts_
         spec = engine.RunSpec(
             image=source,
             name=name,
             command=("sh", "/krm/install.sh", plan.mode, stage),
             mounts=tuple(mounts),
+            env=env,
             labels={"org.krm.build": tag},
             memory=BUILD_MEMORY,
             user="0:0",
@@ -391,6 +397,40 @@ def _install(
     finally:
         engine.remove_container(name)
         shutil.rmtree(work, ignore_errors=True)
+
+
+#: Where the host's trust store and proxy settings reach a build container.
+_CA_IN_CONTAINER = "/krm/ca-certificates.crt"
+_PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+)
+
+
+def index_access(
+    environ: dict[str, str] | None = None,
+) -> tuple[list[engine.Mount], dict[str, str]]:
+    """What a build that fetches from the package index needs of the host:
+    its CA bundle (a network that inspects TLS has its own authority, which a
+    bare base image does not trust) and its proxy variables."""
+    env = dict(os.environ if environ is None else environ)
+    mounts: list[engine.Mount] = []
+    out = {k: env[k] for k in _PROXY_VARIABLES if env.get(k)}
+    for candidate in (
+        env.get("SSL_CERT_FILE"),
+        env.get("REQUESTS_CA_BUNDLE"),
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ):
+        if candidate and Path(candidate).is_file():
+            mounts.append(engine.Mount(source=Path(candidate).resolve(), target=_CA_IN_CONTAINER))
+            out["SSL_CERT_FILE"] = _CA_IN_CONTAINER
+            break
+    return mounts, out
 
 
 def _existing(plan: ImagePlan, log: Log) -> str | None:

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from matrix import command
+from matrix.environments.wheelhouse import timed_out_talking
 from matrix.errors import BuildError, DownloadStalled
 from matrix.paths import cache_root
 from matrix.plan.stacks import Stack
@@ -75,6 +76,11 @@ def ensure_venv(stack: Stack, target: str = "cpu", root: Path | None = None) -> 
             proc = command.run(cmd, timeout=VENV_TIMEOUT, env=env)
             if not proc.ok:
                 shutil.rmtree(tmp, ignore_errors=True)
+                if not proc.timed_out and timed_out_talking(proc.output):
+                    raise DownloadStalled(
+                        f"venv for {stack.name}/{target}: a download stalled (the index stopped "
+                        f"answering: {proc.last_line()[-160:]}); check the network, then run again"
+                    )
                 if proc.timed_out:
                     raise DownloadStalled(
                         f"venv for {stack.name}/{target}: not ready after {VENV_TIMEOUT} s "

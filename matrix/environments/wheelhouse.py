@@ -30,7 +30,7 @@ from matrix.environments.locks import (
 from matrix.errors import BuildError, DiskFullError, DownloadStalled
 from matrix.paths import cache_root
 
-__all__ = ["fill_wheelhouse", "uv_binary", "wheelhouse_dir"]
+__all__ = ["fill_wheelhouse", "timed_out_talking", "uv_binary", "wheelhouse_dir"]
 
 #: A wheel download may take long (TensorFlow, torch's CUDA wheels), but it
 #: never goes this long without printing a line.
@@ -95,6 +95,17 @@ def _pip() -> list[str]:
     raise BuildError("filling the wheelhouse needs pip or uv: `python -m pip install pip`")
 
 
+# What pip and uv say when an index or a download stops answering: after
+# their own retries, a stall ends as one of these rather than as a hang.
+_TIMEOUT_WORDS = ("timed out", "timeout", "read timed", "connecttimeout")
+
+
+def timed_out_talking(output: str) -> bool:
+    """Whether a failed pip or uv run failed because the network went silent."""
+    lowered = output.lower()
+    return any(word in lowered for word in _TIMEOUT_WORDS)
+
+
 def fill_wheelhouse(
     lock_text: str,
     *,
@@ -141,6 +152,12 @@ def fill_wheelhouse(
     if not proc.ok:
         if "no space left" in proc.output.lower():
             raise DiskFullError(f"wheelhouse {house}: no space left on device")
+        if timed_out_talking(proc.output):
+            raise DownloadStalled(
+                f"pip download of the locked wheels into {house} stalled: the index stopped "
+                "answering (read or connect timeout); check the network or the index, then run "
+                "again (downloaded wheels are kept)"
+            )
         errors = [line.strip() for line in proc.lines if "ERROR" in line]
         raise BuildError(
             "pip download of the locked wheels failed: "

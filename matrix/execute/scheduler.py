@@ -87,6 +87,7 @@ class Stop:
     def __init__(self) -> None:
         self._event = threading.Event()
         self._terminate: list[Callable[[], None]] = []
+        self._ender: threading.Thread | None = None
 
     def on_stop(self, fn: Callable[[], None]) -> None:
         self._terminate.append(fn)
@@ -96,7 +97,13 @@ class Stop:
         self._event.set()
         if first:
             # Off the signal handler's stack: killing containers takes docker calls.
-            threading.Thread(target=self._end_all, name="stop", daemon=True).start()
+            self._ender = threading.Thread(target=self._end_all, name="stop", daemon=True)
+            self._ender.start()
+
+    def join(self, timeout: float = 120.0) -> None:
+        """Wait until what was running has been ended (containers removed)."""
+        if self._ender is not None:
+            self._ender.join(timeout)
 
     def _end_all(self) -> None:
         for fn in self._terminate:
@@ -228,6 +235,8 @@ def execute(
     for thread in threads:
         while thread.is_alive():
             thread.join(0.2)
+    # Return only once every container and process of a stopped run is gone.
+    stop.join()
     summary.stage_seconds["cells"] = time.monotonic() - started
     summary.interrupted = stop.is_set() and not fatal
     for exc in fatal:

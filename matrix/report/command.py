@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -31,7 +32,7 @@ from matrix.analysis.drift import (
 from matrix.analysis.findings import Findings, ReferenceChoice, build_findings
 from matrix.analysis.gate import Problem, exit_error, gate_class
 from matrix.console import output
-from matrix.errors import MatrixError, ResultsError, SpecError
+from matrix.errors import DiskFullError, MatrixError, ResultsError, SpecError
 from matrix.report.render_html import render_html
 from matrix.report.render_json import render_json
 from matrix.report.render_junit import render_junit
@@ -201,8 +202,18 @@ def write_outputs(findings: Findings, out_dir: Path) -> tuple[Path, ...]:
     for name, text in texts.items():
         path = out_dir / name
         tmp = path.with_name(f".{name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError(
+                    f"--out {out_dir}: no space left on the device while writing {name}; "
+                    "free some space and run `nox -s report` again (the results are untouched)"
+                ) from None
+            why = exc.strerror or str(exc)
+            raise SpecError(f"--out {out_dir}: cannot write {name}: {why}") from None
         written.append(path)
     return tuple(written)
 
