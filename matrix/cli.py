@@ -122,6 +122,7 @@ def _run_parser() -> argparse.ArgumentParser:
         help="base image for the environment images (default: python:3.11-slim when it can "
         "be pulled, else the local Debian bootstrap; also $KRM_BASE_IMAGE)",
     )
+    _registry_options(p)
     p.add_argument(
         "--build-mode",
         choices=("wheelhouse", "index"),
@@ -136,6 +137,12 @@ def _run_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=None, help="cells in parallel (default: from cores and memory)"
     )
     p.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (1-based)")
+    p.add_argument(
+        "--environment",
+        default=None,
+        metavar="STACK.TARGET",
+        help="run only the cells of one environment (one CI job each: see --list-json)",
+    )
     p.add_argument(
         "--repeats", type=int, default=None, help="fresh runs per cell (default: the spec's, 2)"
     )
@@ -167,6 +174,34 @@ def _run_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _registry_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--registry",
+        default=None,
+        metavar="REPO",
+        help="look for content-tagged images in this repository before building "
+        "(e.g. ghcr.io/OWNER/krm; also $KRM_REGISTRY)",
+    )
+    p.add_argument(
+        "--push", action="store_true", help="push the images this run builds or uses to --registry"
+    )
+
+
+def _apply_image_options(opts: argparse.Namespace) -> None:
+    """The image options, where every image build reads them."""
+    if opts.base:
+        os.environ["KRM_BASE_IMAGE"] = opts.base
+    if opts.registry:
+        os.environ["KRM_REGISTRY"] = opts.registry
+    if opts.push:
+        if not (opts.registry or os.environ.get("KRM_REGISTRY")):
+            raise SpecError("--push needs --registry (or $KRM_REGISTRY)")
+        os.environ["KRM_PUSH"] = "1"
+    from matrix.environments.images import registry_settings
+
+    registry_settings()  # a malformed --registry is refused before any work
+
+
 def default_jobs() -> int:
     """One TensorFlow process needs ~1 GiB and is happiest with a core."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -192,6 +227,7 @@ def cmd_run(argv: list[str]) -> int:
         shard_spec=shard_spec,
         repeats=opts.repeats,
         reference=opts.reference,
+        environment=opts.environment,
     )
     if opts.list_json:
         # ensure_ascii: every string an ASCII escape, whatever the spec held.
@@ -200,14 +236,13 @@ def cmd_run(argv: list[str]) -> int:
     if plan.reference_note:
         console.notice(plan.reference_note)
 
-    results = opts.results or _default_results(spec.name, shard_spec)
+    results = opts.results or _default_results(spec.name, shard_spec, opts.environment)
     _check_results_dir(results)
     if opts.engine:
         from matrix.environments.engine import select_engine
 
         select_engine(opts.engine)
-    if opts.base:
-        os.environ["KRM_BASE_IMAGE"] = opts.base  # the one place every image reads it
+    _apply_image_options(opts)
     executor_name = opts.executor or spec.executor
     if opts.dry_run:
         if executor_name == "auto":
@@ -327,33 +362,35 @@ def _check_results_dir(results: Path) -> None:
         raise SpecError(f"--results {results}: exists and is not a directory")
 
 
-def _default_results(name: str, shard_spec: tuple[int, int] | None) -> Path:
+def _default_results(
+    name: str, shard_spec: tuple[int, int] | None, environment: str | None = None
+) -> Path:
     check_name(name, "the spec's name")
     base = Path("results") / name
+    if environment is not None:
+        return base.with_name(f"{name}-{check_name(environment, '--environment')}")
     return (
         base.with_name(f"{name}-shard-{shard_spec[0]}-of-{shard_spec[1]}") if shard_spec else base
     )
 
 
 def list_json(plan: RunPlan) -> dict[str, list[dict[str, object]]]:
-    """Cells as a GitHub Actions ``matrix.include`` (also fine for GitLab or
-    a Kubernetes indexed Job): one job per cell, GPU cells flagged."""
-    # Each job runs its cell as shard k/N of the same matrix (round-robin
-    # sharding over N cells gives one cell per shard), so every job writes
-    # the same plan.json and the merged report equals an unsharded run.
-    n = len(plan.cells)
-    return {
-        "include": [
-            {
-                "cell": c.id,
-                "shard": f"{k}/{n}",
-                "environment": c.environment,
-                "gpu": c.gpu,
-                **c.axes,
-            }
-            for k, c in enumerate(plan.cells, start=1)
-        ]
-    }
+    """The plan as a CI matrix's ``include`` list (GitHub Actions ``fromJSON``,
+    GitLab ``parallel:matrix``, a Kubernetes indexed Job, a Slurm array): one
+    job per environment, which builds (or pulls) its image once and runs all
+    of its cells. Every job writes the same plan.json, so the merged
+    directories report exactly as one unsharded run."""
+    jobs: dict[str, dict[str, object]] = {}
+    for cell in plan.cells:
+        job = jobs.setdefault(
+            cell.environment,
+            {"environment": cell.environment, "stack": cell.stack, "target": cell.target,
+             "gpu": False, "cells": 0, "runs": 0},
+        )  # fmt: skip
+        job["gpu"] = bool(job["gpu"]) or cell.gpu
+        job["cells"] = int(job["cells"]) + 1  # type: ignore[call-overload]
+        job["runs"] = int(job["runs"]) + plan.repeats  # type: ignore[call-overload]
+    return {"include": list(jobs.values())}
 
 
 def _dry_run(plan: RunPlan, executor_name: str, results: Path, catalog: dict[str, Stack]) -> int:
@@ -445,9 +482,9 @@ def cmd_images(argv: list[str]) -> int:
     p.add_argument("--only", action="append", default=[])
     p.add_argument("--engine", choices=("docker", "podman"), default=None)
     p.add_argument("--base", default=None, help="base image (default: see nox -s matrix)")
+    _registry_options(p)
     opts = p.parse_args(argv)
-    if opts.base:
-        os.environ["KRM_BASE_IMAGE"] = opts.base
+    _apply_image_options(opts)
     catalog = load_catalog()
     plan = make_plan(load_spec(opts.spec, catalog), catalog, only=opts.only)
     from matrix.environments.engine import check_engine, select_engine

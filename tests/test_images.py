@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import os
 import re
+import shutil
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -309,3 +315,77 @@ def test_an_index_build_gets_the_hosts_trust_store_and_proxies(tmp_path: Path) -
     assert env == {"HTTPS_PROXY": "http://proxy:3128", "SSL_CERT_FILE": mounts[0].target}
     mounts, env = images.index_access({"SSL_CERT_FILE": str(tmp_path / "missing.crt")})
     assert all(m.source.is_file() for m in mounts)  # only a bundle that exists is mounted
+
+
+@pytest.fixture
+def local_registry(tmp_path: Path) -> Iterator[str]:
+    """A real registry (Debian's docker-registry) on a free loopback port; the
+    engine treats 127.0.0.0/8 registries as plain HTTP without configuration."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs docker-registry (Debian package docker-registry)")
+        pytest.skip("docker-registry is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'store'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(
+        [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}/krm-test"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.docker
+def test_images_go_to_a_registry_and_come_back_from_it_instead_of_a_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_registry: str
+) -> None:
+    """--push sends a built image to the registry under its content tag; on a
+    machine without it (here: the local tag removed), the next run pulls it
+    instead of building, and checks it holds the content its tag names."""
+    require_engine()
+    assert NUMPY_LOCK is not None
+    lock = tmp_path / "lock.txt"
+    lock.write_text(NUMPY_LOCK.group(0))
+    stack = _LockAt(name="krm-test-registry", requirements=(), lock=lock)
+    plan = images.plan_image(stack, "cpu", log=lambda _: None)
+    remote = f"{local_registry}/{plan.tag}"
+    _remove(plan.tag, remote)
+    monkeypatch.setenv("KRM_REGISTRY", local_registry)
+    monkeypatch.setenv("KRM_PUSH", "1")
+    logs: list[str] = []
+    built = images.ensure_image(stack, "cpu", log=logs.append)
+    assert built.built and any(f"pushing {remote}" in line for line in logs)
+
+    _remove(plan.tag, remote)  # a fresh machine: nothing local
+    assert engine.image_id(plan.tag) is None
+    monkeypatch.delenv("KRM_PUSH")
+    logs.clear()
+    pulled = images.ensure_image(stack, "cpu", log=logs.append)
+    assert pulled.built is False and pulled.tag == plan.tag
+    assert any("pulled from" in line for line in logs)
+    assert engine.image_labels(plan.tag)["org.krm.content-hash"] == plan.content_hash
+    _remove(plan.tag, remote)
+
+
+def test_a_registry_must_be_a_repository_path() -> None:
+    assert images.registry_settings({}) is None
+    found = images.registry_settings({"KRM_REGISTRY": "ghcr.io/me/krm/", "KRM_PUSH": "1"})
+    assert found == images.Registry(prefix="ghcr.io/me/krm", push=True)
+    for bad in ("ghcr.io/Me/krm", "ghcr.io/me/krm:latest", "a b", "[red]x[/]"):
+        with pytest.raises(SpecError):
+            images.registry_settings({"KRM_REGISTRY": bad})

@@ -59,32 +59,37 @@ def test_matrix_workflow_is_scheduled_and_dispatchable() -> None:
         assert needle in text
 
 
-@pytest.mark.parametrize("spec", ["full.toml", "gpu.toml", "default.toml"])
-def test_list_json_is_a_ci_matrix(spec: str) -> None:
+@pytest.mark.parametrize("spec", ["full.toml", "gpu.toml", "default.toml", "atlas.toml"])
+def test_list_json_is_a_ci_matrix_of_one_job_per_environment(spec: str) -> None:
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "matrix",
-            "run",
-            "--spec",
-            str(ROOT / "matrix" / spec),
-            "--list-json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+        [sys.executable, "-m", "matrix", "run", "--spec", str(ROOT / "matrix" / spec),
+         "--list-json"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    cells = json.loads(proc.stdout)["include"]
-    ids = [c["cell"] for c in cells]
-    assert len(ids) == len(set(ids)) > 0
-    assert all(c["gpu"] == (c["device"] == "gpu") for c in cells)
+    jobs = json.loads(proc.stdout)["include"]
+    names = [j["environment"] for j in jobs]
+    assert len(names) == len(set(names)) > 0
+    # GitHub allows 256 jobs in one matrix; one job per environment is far below.
+    assert len(jobs) <= 64
+    assert all(j["environment"] == f"{j['stack']}.{j['target']}" for j in jobs)
 
 
-def test_each_fan_out_job_runs_exactly_its_cell() -> None:
+def test_the_full_spec_fans_out_to_far_fewer_jobs_than_cells() -> None:
     from matrix.cli import list_json
-    from matrix.plan.cells import parse_shard
+    from matrix.plan.spec import load_spec
+    from matrix.plan.stacks import load_catalog
+    from matrix.plan.tasks import make_plan
+
+    catalog = load_catalog()
+    plan = make_plan(load_spec(ROOT / "matrix" / "full.toml", catalog), catalog)
+    jobs = list_json(plan)["include"]
+    assert len(plan.cells) > 256 > 4 * len(jobs)
+    assert sum(int(j["cells"]) for j in jobs) == len(plan.cells)  # type: ignore[call-overload]
+
+
+def test_each_fan_out_job_runs_exactly_its_environments_cells() -> None:
+    from matrix.cli import list_json
     from matrix.plan.spec import load_spec
     from matrix.plan.stacks import load_catalog
     from matrix.plan.tasks import make_plan
@@ -92,8 +97,21 @@ def test_each_fan_out_job_runs_exactly_its_cell() -> None:
     catalog = load_catalog()
     spec = load_spec(ROOT / "matrix" / "full.toml", catalog)
     full = make_plan(spec, catalog)
+    seen: list[str] = []
     for entry in list_json(full)["include"]:
-        job = make_plan(spec, catalog, shard_spec=parse_shard(str(entry["shard"])))
-        assert [c.id for c in job.cells] == [entry["cell"]]
+        job = make_plan(spec, catalog, environment=str(entry["environment"]))
+        assert {c.environment for c in job.cells} == {entry["environment"]}
+        assert len(job.cells) == entry["cells"]
+        assert entry["gpu"] == any(c.gpu for c in job.cells)
+        seen += [c.id for c in job.cells]
         # every job writes the whole matrix and the same reference into plan.json
         assert job.all_cells == full.all_cells and job.reference == full.reference
+    assert sorted(seen) == sorted(c.id for c in full.cells)  # each cell in one job
+
+
+def test_an_unknown_environment_is_refused_before_any_work() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "matrix", "run", "--environment", "tf-9.99.cpu", "--dry-run"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 3 and "tf-9.99.cpu" in proc.stderr

@@ -296,6 +296,22 @@ def pull_image(ref: str, *, log: Log = _quiet) -> str | None:
     return proc.last_line() or f"exit {proc.returncode}"
 
 
+def push_image(ref: str, *, log: Log = _quiet) -> str | None:
+    """Push ``ref``; None when it went, else the engine's one-line reason."""
+    log(f"pushing {ref}")
+    proc = command.run([check_engine().binary, "push", ref], timeout=PULL_TIMEOUT, idle_timeout=600)
+    if proc.ok:
+        return None
+    if proc.timed_out or proc.stalled:
+        return f"the push stalled or took longer than {PULL_TIMEOUT} s"
+    return proc.last_line() or f"exit {proc.returncode}"
+
+
+def remove_image(ref: str) -> None:
+    """Untag (and, when nothing else holds it, remove) an image; silent when absent."""
+    _cli("image", "rm", ref)
+
+
 def prune_images(label: str) -> None:
     """Remove dangling images carrying ``label`` (a build's leftovers)."""
     _cli("image", "prune", "--force", "--filter", f"label={label}")

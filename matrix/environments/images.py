@@ -37,7 +37,7 @@ from matrix import command
 from matrix.environments import base_image, engine
 from matrix.environments.locks import TOOLS_LOCK, cuda_versions, parse_lock
 from matrix.environments.wheelhouse import fill_wheelhouse, uv_binary, wheelhouse_dir
-from matrix.errors import BuildError
+from matrix.errors import BuildError, SpecError
 from matrix.paths import ROOT, cache_root
 from matrix.plan.stacks import Stack
 
@@ -262,11 +262,16 @@ def ensure_image(
     start = time.monotonic()
     plan = plan_image(stack, target, base=base, mode=mode, log=log)
     lock_text = stack.lock_path(target, plan.arch).read_text()
+    remote = registry_settings()
     found = _existing(plan, log)
     if found:
+        if remote is not None and remote.push:
+            _push(remote, plan, log)
         return _info(plan, found, lock_text, built=False, seconds=time.monotonic() - start)
     with _build_lock():
         found = _existing(plan, log)  # another process may have built it meanwhile
+        if not found and remote is not None:
+            found = _pull(remote, plan, log)
         if found:
             return _info(plan, found, lock_text, built=False, seconds=time.monotonic() - start)
         log(f"image: building {plan.tag} from {plan.base} ({mode} mode)")
@@ -284,6 +289,8 @@ def ensure_image(
             plan, source, lock_text, uv, stage="final", tag=plan.tag, log=log, start=start,
             changes=[*_IMAGE_CONFIG, _labels(plan, lock_text, layer)],
         )  # fmt: skip
+    if remote is not None and remote.push:
+        _push(remote, plan, log)
     seconds = time.monotonic() - start
     layer_tag = layer.tag if layer is not None else None
     info = _info(plan, image, lock_text, built=True, seconds=seconds, layer=layer_tag)
@@ -397,6 +404,63 @@ def _install(
     finally:
         engine.remove_container(name)
         shutil.rmtree(work, ignore_errors=True)
+
+
+# ---- a registry that keeps images between machines and nights ----------------------
+
+#: An image repository path: lower-case name parts, an optional host[:port] first.
+_REGISTRY = re.compile(r"^[a-z0-9.-]+(?::[0-9]{1,5})?(?:/[a-z0-9._-]+)*$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Registry:
+    """``--registry`` (``$KRM_REGISTRY``): where content-tagged images are
+    looked for before a build, and pushed to with ``--push`` (``$KRM_PUSH``)."""
+
+    prefix: str
+    push: bool = False
+
+    def remote(self, tag: str) -> str:
+        return f"{self.prefix}/{tag}"
+
+
+def registry_settings(environ: dict[str, str] | None = None) -> Registry | None:
+    env = os.environ if environ is None else environ
+    prefix = env.get("KRM_REGISTRY", "").strip().rstrip("/")
+    if not prefix:
+        return None
+    if not _REGISTRY.match(prefix):
+        raise SpecError(
+            f"--registry {prefix!a}: not an image repository (e.g. ghcr.io/OWNER/krm or "
+            "localhost:5000/krm: lower case, no tag)"
+        )
+    return Registry(prefix=prefix, push=env.get("KRM_PUSH", "") not in ("", "0"))
+
+
+def _pull(remote: Registry, plan: ImagePlan, log: Log) -> str | None:
+    """The image from the registry, tagged locally; None when it is not there.
+
+    The tag names the content, and the label is checked as well: an image
+    that is not what its tag says is never used."""
+    ref = remote.remote(plan.tag)
+    if engine.pull_image(ref, log=lambda m: log(f"image: {m}")) is not None:
+        log(f"image: {ref} is not in the registry; building it")
+        return None
+    if engine.image_labels(ref).get("org.krm.content-hash") != plan.content_hash:
+        log(f"image: {ref} does not hold the content its tag names; building instead")
+        engine.remove_image(ref)
+        return None
+    engine.tag_image(ref, plan.tag)
+    log(f"image: {plan.tag} pulled from {remote.prefix}, not built")
+    return engine.image_id(plan.tag)
+
+
+def _push(remote: Registry, plan: ImagePlan, log: Log) -> None:
+    ref = remote.remote(plan.tag)
+    engine.tag_image(plan.tag, ref)
+    reason = engine.push_image(ref, log=lambda m: log(f"image: {m}"))
+    if reason is not None:
+        raise BuildError(f"pushing {ref} failed: {reason} (log in to the registry first?)")
 
 
 #: Where the host's trust store and proxy settings reach a build container.

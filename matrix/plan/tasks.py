@@ -52,6 +52,7 @@ def make_plan(
     shard_spec: tuple[int, int] | None = None,
     repeats: int | None = None,
     reference: str | None = None,
+    environment: str | None = None,
 ) -> RunPlan:
     if repeats is not None and not 1 <= repeats <= LIMITS.repeats:
         raise SpecError(f"--repeats must be from 1 to {LIMITS.repeats}")
@@ -71,6 +72,15 @@ def make_plan(
         ref = cells[0].id
         note = f"the spec's reference {spec_ref} is not among the cells --only kept; using {ref}"
     mine = shard(cells, *shard_spec) if shard_spec else cells
+    if environment is not None:
+        # One CI job per environment: its cells only, the plan of all.
+        known = list(dict.fromkeys(c.environment for c in cells))
+        if environment not in known:
+            raise SpecError(
+                f"--environment {environment!a}: not an environment of this matrix "
+                f"(environments: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''})"
+            )
+        mine = [c for c in mine if c.environment == environment]
     return RunPlan(
         spec=spec,
         cells=tuple(mine),

@@ -90,6 +90,7 @@ def merge_cells(
     cells: dict[str, CellArtifact] = {}
     repeats: dict[str, tuple[CellArtifact, ...]] = {}
     machines: dict[str, str] = {}
+    origin: dict[str, str] = {}  # merged id -> the cell id its directory has
     for n, item in enumerate(loaded):
         name = item.cell.cell_id
         where = label(n)
@@ -105,22 +106,21 @@ def merge_cells(
                 f"{item.cell.directory}: cell {cid} also in {cells[cid].directory}; using the first"
             )
             continue
-        cells[cid] = cell
-        repeats[cid] = runs
+        cells[cid], repeats[cid], origin[cid] = cell, runs, name
         if multi:
             machines[cid] = where
 
-    # Planned cells no directory of their machine holds.
-    planned: list[str] = []
+    # Planned cells that no directory holds, on any machine, are missing. A
+    # cell run on one machine and not on another is not: the runners of one
+    # CI fan-out can differ in their CPU.
+    present = set(origin.values())
     for root, plan in enumerate(plans):
         if plan is None:
             continue
         where = root_label.get(root, UNKNOWN)
         for name in plan.cells:
             cid = f"{name}@{where}" if multi else name
-            if cid not in planned:
-                planned.append(cid)
-            if cid not in cells:
+            if name not in present and cid not in cells:
                 cells[cid] = CellArtifact(
                     cell_id=cid,
                     directory=roots[root] / name,
@@ -128,11 +128,24 @@ def merge_cells(
                     missing=True,
                     axes={MACHINE_AXIS: where} if multi else {},
                 )
-                repeats[cid] = ()
+                repeats[cid], origin[cid] = (), name
                 if multi:
                     machines[cid] = where
-    ordered = [cid for cid in planned if cid in cells]
-    ordered += sorted(cid for cid in cells if cid not in set(planned))
+    # Plan order (machine by machine, in the order of the directories), then
+    # the cells no plan.json names, by id.
+    rank: dict[str, int] = {}
+    for plan in plans:
+        for name in plan.cells if plan is not None else ():
+            rank.setdefault(name, len(rank))
+    by_machine = list(dict.fromkeys([*root_label.values(), *machines.values()]))
+    ordered = sorted(
+        cells,
+        key=lambda c: (
+            by_machine.index(machines[c]) if multi and machines[c] in by_machine else 0,
+            rank.get(origin[c], len(rank)),
+            c,
+        ),
+    )
     return Merged(
         cells=tuple(cells[c] for c in ordered),
         repeats={c: repeats[c] for c in ordered},
