@@ -127,7 +127,7 @@ def test_only_filters(tmp_path: Path) -> None:
         "keras-3.15-jax",
         "keras-3.15-torch",
     }
-    picked = filter_cells(cells, ["stack=tf-2.21,precision=float32"])
+    picked = filter_cells(cells, ["stack=tf-2.21,precision=float32,isa=native"])
     assert [c.id for c in picked] == ["tf-2.21__cpu", "tf-2.21__cpu__onednn-off"]
     assert [c.id for c in filter_cells(cells, ["tf-2.15__cpu"])] == ["tf-2.15__cpu"]
     with pytest.raises(SpecError, match="not axis=value"):
