@@ -83,16 +83,29 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *(session.posargs or ["-q"]), env={"PYTHONPATH": str(ROOT)})
 
 
+#: Benchmarks that take a whole matrix run: only when named.
+SLOW_BENCHMARKS = {"bench_cold"}
+
+
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks that print figures (no timing asserts): compare, render, runner, images."""
+    """Benchmarks that print figures (no timing asserts): compare, render, pairs,
+    runner, images; `nox -s bench -- bench_cold [--empty]` times a cold matrix run.
+
+    nox -s bench -- NAME [ARGS...]   one benchmark, with its own arguments
+    """
     _install(session)
-    names = session.posargs or sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
-    for name in names:
+    if session.posargs:
+        runs = [(session.posargs[0], list(session.posargs[1:]))]
+    else:
+        every = sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
+        runs = [(name, []) for name in every if name not in SLOW_BENCHMARKS]
+    for name, args in runs:
         session.log(f"--- {name}")
         session.run(
-            "python", str(ROOT / "benchmarks" / f"{name}.py"), env={"PYTHONPATH": str(ROOT)}
-        )
+            "python", str(ROOT / "benchmarks" / f"{name}.py"), *args,
+            env={"PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
 
 
 @nox.session(python=PYTHON)

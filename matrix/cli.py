@@ -9,6 +9,7 @@ stops its cells, keeps what finished and exits 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -311,10 +312,35 @@ def cmd_run(argv: list[str]) -> int:
         error = report.error
     stages["total"] = time.monotonic() - started
     console.line("stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()))
+    _write_timings(results, stages, summary)
     if error is not None:
         raise error
     _raise_for_runs(summary, results)
     return 0
+
+
+#: What the last run of a results directory cost, stage by stage (bench_cold reads it).
+TIMINGS = "timings.json"
+
+
+def _write_timings(results: Path, stages: dict[str, float], summary: RunSummary) -> None:
+    """The wall time of each stage (they overlap: images build while cells
+    run) and of each environment, beside the results."""
+    from matrix.execute.planfile import atomic_write
+
+    data = {
+        "stages": {k: round(v, 3) for k, v in stages.items()},
+        "environments": {
+            name: {"seconds": round(seconds, 3), "built": built}
+            for name, (seconds, built) in summary.environments.items()
+        },
+        "runs": {
+            status: summary.count(status) for status in ("ok", "cached", "failed", "interrupted")
+        },
+        "run_seconds": round(sum(o.seconds for o in summary.outcomes if o.status == "ok"), 3),
+    }
+    with contextlib.suppress(OSError):  # a timing record is never worth failing a run
+        atomic_write(results / TIMINGS, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _raise_for_runs(summary: RunSummary, results: Path) -> None:
