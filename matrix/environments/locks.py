@@ -136,7 +136,16 @@ def lock_command(argv: Sequence[str]) -> int:
     parser.add_argument("stacks", nargs="*", help="stacks to lock (default: all)")
     parser.add_argument("--upgrade", action="store_true", help="re-resolve transitive versions")
     parser.add_argument("--arch", choices=ARCHES, default="x86_64", help="wheel architecture")
+    parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        action="append",
+        default=None,
+        help="targets to lock (default: every target on x86_64; cpu on aarch64, where the "
+        "CUDA wheels of most stacks do not exist)",
+    )
     opts = parser.parse_args(list(argv))
+    targets = opts.target or (TARGETS if opts.arch == "x86_64" else ("cpu",))
     uv = shutil.which("uv")
     if uv is None:
         raise BuildError("uv is not on PATH; install it with `pip install uv`")
@@ -146,12 +155,12 @@ def lock_command(argv: Sequence[str]) -> int:
         raise SpecError(f"unknown stack {unknown[0]!r} (known: {', '.join(sorted(catalog))})")
     for name in opts.stacks or sorted(catalog):
         stack = catalog[name]
-        for target in TARGETS:
+        for target in targets:
             if not stack.supports(target):
                 continue
             out = stack.lock_path(target, opts.arch)
             with tempfile.NamedTemporaryFile("w", suffix=".in") as req:
-                req.write("\n".join(stack.requirements_for(target)) + "\n")
+                req.write("\n".join(stack.requirements_for(target, opts.arch)) + "\n")
                 req.flush()
                 cmd = compile_command(
                     uv, Path(req.name), out, arch=opts.arch, index=stack.index, upgrade=opts.upgrade

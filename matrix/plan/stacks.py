@@ -27,7 +27,17 @@ TARGETS = ("cpu", "cuda")
 #: Architectures a lock can be for; x86_64 locks carry no suffix.
 ARCHES = ("x86_64", "aarch64")
 
-_KEYS = {"requirements", "cuda_requirements", "keras", "backend", "env", "index", "versions", "why"}
+_KEYS = {
+    "requirements",
+    "cuda_requirements",
+    "aarch64_requirements",
+    "keras",
+    "backend",
+    "env",
+    "index",
+    "versions",
+    "why",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +45,9 @@ class Stack:
     name: str
     requirements: tuple[str, ...]
     cuda_requirements: tuple[str, ...] = ()
+    #: the cpu target on 64-bit Arm, where a package has another name there
+    #: (tensorflow-cpu has no Arm wheels; tensorflow has)
+    aarch64_requirements: tuple[str, ...] = ()
     keras: str = ""  # the Keras major the stack is meant to give: "2" or "3"
     backend: str = ""
     env: dict[str, str] = field(default_factory=dict)
@@ -46,7 +59,9 @@ class Stack:
     def supports(self, target: str) -> bool:
         return target == "cpu" or (target == "cuda" and bool(self.cuda_requirements))
 
-    def requirements_for(self, target: str) -> tuple[str, ...]:
+    def requirements_for(self, target: str, arch: str = "x86_64") -> tuple[str, ...]:
+        if target == "cpu" and arch == "aarch64" and self.aarch64_requirements:
+            return self.aarch64_requirements
         return self.requirements if target == "cpu" else self.cuda_requirements
 
     def lock_path(self, target: str, arch: str = "x86_64") -> Path:
@@ -87,6 +102,7 @@ def load_catalog(path: Path = CATALOG_PATH) -> dict[str, Stack]:
             name=name,
             requirements=tuple(entry["requirements"]),
             cuda_requirements=tuple(entry.get("cuda_requirements", ())),
+            aarch64_requirements=tuple(entry.get("aarch64_requirements", ())),
             keras=str(entry.get("keras", "")),
             backend=str(entry.get("backend", "")),
             env={str(k): str(v) for k, v in entry.get("env", {}).items()},
