@@ -475,3 +475,41 @@ def test_an_avx2_cap_is_applied_and_each_library_reports_what_it_did(
             assert any("no instruction-set cap" in n for n in cell.manifest["notes"])
     if backend == "tensorflow":
         assert "eigen" in isa["fixed"]  # compiled in: said to be uncapped, not claimed
+
+
+def test_tf32_asked_on_a_cpu_cell_is_unsupported_and_its_default_recorded(
+    run_cell: Callable[..., Cell],
+) -> None:
+    cell = run_cell("tf-2.21", "--tf32", "on", "--scenarios", "initializers", "--quick")
+    jsonschema.validate(cell.manifest, SCHEMA)
+    for entry in cell.manifest["scenarios"].values():
+        assert entry["status"] == "unsupported"
+        assert "tf32" in entry["error"]["message"]
+    assert cell.tensors == {} or all(not k.startswith("initializers/") for k in cell.tensors)
+    # TensorFlow's own switch, as it reports it, in the settings and the defaults
+    applied = cell.manifest["settings"]["applied"]["tf32"]
+    assert isinstance(applied, bool)
+    default = _primary(run_cell, "tf-2.21")
+    assert (
+        default.manifest["fingerprint"]["defaults"]["tf32"]["value"]
+        == (default.manifest["settings"]["applied"]["tf32"])
+    )
+
+
+def test_an_avx512_cap_runs_where_the_cpu_has_it_and_is_unsupported_where_not(
+    run_cell: Callable[..., Cell],
+) -> None:
+    """Holds on either kind of machine: the manifest's CPU flags decide which."""
+    cell = run_cell("tf-2.21", "--isa", "avx512", "--scenarios", "initializers", "--quick")
+    flags = set(cell.manifest["fingerprint"]["cpu"]["flags"])
+    isa = cell.manifest["fingerprint"]["isa"]
+    can = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+    assert isa["cpu_supports"] is can
+    status = cell.manifest["scenarios"]["initializers"]["status"]
+    if can:
+        assert status == "ok" and cell.manifest["fingerprint"]["env"]["ONEDNN_MAX_CPU_ISA"] == (
+            "AVX512_CORE"
+        )
+    else:
+        assert status == "unsupported" and "avx512" in isa["missing"][0]
+        assert "ONEDNN_MAX_CPU_ISA" not in cell.manifest["fingerprint"]["env"]  # never a silent cap
