@@ -286,24 +286,23 @@ def image_size(ref: str) -> int | None:
 
 def pull_image(ref: str, *, log: Log = _quiet) -> str | None:
     """Pull ``ref``; None when it came, else the engine's one-line reason."""
-    log(f"pulling {ref}")
-    proc = command.run([check_engine().binary, "pull", ref], timeout=PULL_TIMEOUT, idle_timeout=600)
-    if proc.ok:
-        return None
-    if proc.timed_out or proc.stalled:
-        return f"the pull stalled or took longer than {PULL_TIMEOUT} s"
-    _raise_if_disk_full(proc.lines, f"pulling {ref}")
-    return proc.last_line() or f"exit {proc.returncode}"
+    return _transfer("pull", ref, log)
 
 
 def push_image(ref: str, *, log: Log = _quiet) -> str | None:
     """Push ``ref``; None when it went, else the engine's one-line reason."""
-    log(f"pushing {ref}")
-    proc = command.run([check_engine().binary, "push", ref], timeout=PULL_TIMEOUT, idle_timeout=600)
+    return _transfer("push", ref, log)
+
+
+def _transfer(verb: str, ref: str, log: Log) -> str | None:
+    doing = "pushing" if verb == "push" else "pulling"
+    log(f"{doing} {ref}")
+    proc = command.run([check_engine().binary, verb, ref], timeout=PULL_TIMEOUT, idle_timeout=600)
     if proc.ok:
         return None
     if proc.timed_out or proc.stalled:
-        return f"the push stalled or took longer than {PULL_TIMEOUT} s"
+        return f"the {verb} stalled or took longer than {PULL_TIMEOUT} s"
+    _raise_if_disk_full(proc.lines, f"{doing} {ref}")
     return proc.last_line() or f"exit {proc.returncode}"
 
 
