@@ -82,7 +82,7 @@ def test_planted_matrix_report(tmp_path: Path) -> None:
         "precision": "drift",
     }
     md = (out / "report.md").read_text()
-    assert "tensorflow | 2.15 → 2.16 | drift" in md
+    assert "### tensorflow 2.15 → 2.16 (4 contexts)\n\nWorst: **drift** in every context." in md
     junit = ET.parse(out / "junit.xml").getroot()
     n_comparisons = len(report["comparisons"])
     assert int(junit.get("tests")) == n_comparisons == len(junit.findall(".//testcase"))
@@ -420,7 +420,8 @@ def test_unseeded_phases_are_shown_but_never_counted(tmp_path: Path, marker: str
     )
     assert report["summary"]["expected_to_vary"]["reference"] == 2  # a vs a, b vs a
     (row,) = report["attribution"]
-    assert row["verdict"] == "identical" and row["expected_to_vary"] == ["init/recipe_none"]
+    (context,) = row["contexts"]
+    assert row["verdict"] == "identical" and context["expected_to_vary"] == ["init/recipe_none"]
 
 
 def test_ok_phase_without_tensors_is_not_a_column(tmp_path: Path) -> None:
