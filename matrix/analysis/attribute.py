@@ -19,6 +19,7 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from matrix.analysis.comparisons import PhaseResult, phase_sort_key
 from matrix.analysis.context import (
@@ -29,6 +30,7 @@ from matrix.analysis.context import (
     context_key,
     context_label,
     context_of,
+    describe,
     distinguishing_axes,
     format_value,
     value_rank,
@@ -42,13 +44,16 @@ __all__ = [
     "AxisEffect",
     "ContextChange",
     "PhaseSummary",
+    "ProfileGroup",
     "agreement",
     "attribute",
     "axis_effects",
     "axis_value_key",
     "effect_text",
     "format_value",
+    "merge_summaries",
     "neighbour_pairs",
+    "profile_groups",
 ]
 
 
@@ -98,7 +103,19 @@ class Agreement:
         if self.agreed is None:
             return None
         found = [s for _, s in self.per_context if s is not None]
-        return _merge(self.phase, self.agreed, found)
+        return merge_summaries(self.phase, self.agreed, found)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileGroup:
+    """Contexts in which a change gave the same verdict to every phase.
+
+    Merging them is honest (their verdicts agree); ``phases`` carry the
+    largest numbers of the group.
+    """
+
+    contexts: tuple[Context, ...]
+    phases: tuple[PhaseSummary, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,12 +126,12 @@ class AxisChange:
     context_axes: tuple[str, ...]  # the axes whose values make a context
     contexts: tuple[ContextChange, ...]  # in plan order of the context values
 
-    @property
+    @cached_property
     def label_axes(self) -> tuple[str, ...]:
         """The context axes that tell this change's contexts apart."""
         return distinguishing_axes(c.context for c in self.contexts)
 
-    @property
+    @cached_property
     def common(self) -> Mapping[str, str]:
         """The context values all of this change's contexts share."""
         return common_part([c.context for c in self.contexts])
@@ -122,23 +139,36 @@ class AxisChange:
     def label(self, context: Context) -> str:
         return context_label(context, self.label_axes)
 
+    def describe(self, group: Sequence[Context]) -> str:
+        """A group of this change's contexts, named as briefly as the others allow."""
+        if len(group) == 1:
+            return self.label(group[0]) or context_label(group[0]) or "every cell"
+        universe = [c.context for c in self.contexts]
+        return describe(group, universe, self.label_axes)
+
     @property
     def verdict(self) -> DriftClass | None:
         """The worst verdict when it is the same in every context, else None."""
         verdicts = {c.verdict for c in self.contexts}
         return verdicts.pop() if len(verdicts) == 1 else None
 
-    @property
+    @cached_property
     def phases(self) -> tuple[Agreement, ...]:
         return agreement(self.contexts, lambda c: c.phases)
 
-    @property
+    @cached_property
     def columns(self) -> tuple[Agreement, ...]:
         return agreement(self.contexts, lambda c: c.columns)
 
+    @cached_property
+    def groups(self) -> tuple[ProfileGroup, ...]:
+        """The contexts, merged where every phase's verdict agrees (only beyond a
+        handful of contexts: a few keep their own numbers)."""
+        return profile_groups(self.contexts)
+
     @property
     def head(self) -> str:
-        """'stack tf-2.15 -> tf-2.16 (3 contexts; onednn=default in all)'."""
+        """'stack tf-2.15 → tf-2.16 (3 contexts; onednn=default in all)'."""
         change = f"{self.axis} {format_value(self.before)} → {format_value(self.after)}"
         common = ", ".join(f"{a}={v}" for a, v in self.common.items())
         if not self.context_axes:
@@ -151,7 +181,7 @@ class AxisChange:
     @property
     def summary(self) -> str:
         """The head, then each phase said once where its contexts agree, else per context."""
-        parts = [effect_text(a, self.label) for a in self.phases]
+        parts = [effect_text(a, self.describe) for a in self.phases]
         return f"{self.head}: {' | '.join(parts) or 'nothing compared'}"
 
 
@@ -163,12 +193,26 @@ class AxisEffect:
     agreed: DriftClass | None  # the same in every context; None: depends on the context
     per_context: tuple[tuple[Context, DriftClass], ...]
 
-    @property
+    @cached_property
     def label_axes(self) -> tuple[str, ...]:
         return distinguishing_axes(c for c, _ in self.per_context)
 
+    @property
+    def groups(self) -> tuple[tuple[str, DriftClass], ...]:
+        """(description, verdict) per set of contexts with the same verdict."""
+        universe = [c for c, _ in self.per_context]
+        by_verdict: dict[DriftClass, list[Context]] = {}
+        for context, verdict in self.per_context:
+            by_verdict.setdefault(verdict, []).append(context)
+        return tuple(
+            (describe(group, universe, self.label_axes), verdict)
+            for verdict, group in by_verdict.items()
+        )
+
 
 _NUMERIC = {DriftClass.ROUNDING, DriftClass.DRIFT, DriftClass.DIVERGENT}
+#: Up to this many contexts, each keeps its own numbers in a sentence.
+LISTED_CONTEXTS = 4
 
 
 def _numbers(s: PhaseSummary, prefix: str = "") -> str:
@@ -182,12 +226,13 @@ def _numbers(s: PhaseSummary, prefix: str = "") -> str:
     return ""
 
 
-def effect_text(item: Agreement, label: Callable[[Context], str]) -> str:
+def effect_text(item: Agreement, describe: Callable[[Sequence[Context]], str]) -> str:
     """'train: precision=float32: rounding (9 ULP); precision=mixed_bfloat16: drift (rel 8.8e-03)'.
 
-    Said once ('init: identical in every context') where every context agrees;
-    contexts whose verdict carries no number (identical, failed, ...) share a
-    clause, the others keep their own numbers.
+    Said once ('init: identical in every context') where every context
+    agrees.  Otherwise contexts with the same verdict share a clause, named
+    by ``describe``; with a handful of contexts, those whose verdict carries
+    a number keep their own, beyond that a clause gives the largest.
     """
     peak = item.peak
     if peak is not None:
@@ -195,22 +240,42 @@ def effect_text(item: Agreement, label: Callable[[Context], str]) -> str:
         tail = f" ({nums})" if nums else ""
         every = "in every context" if len(item.per_context) > 1 else "in its only context"
         return f"{item.phase}: {peak.verdict.value} {every}{tail}"
-    # (verdict, context names, numbers): numberless verdicts share one clause
-    clauses: list[tuple[str, list[str], str]] = []
+    few = len(item.per_context) <= LISTED_CONTEXTS
+    groups: dict[str, list[tuple[Context, PhaseSummary | None]]] = {}
     for context, summary in item.per_context:
-        name = label(context) or context_label(context) or "every cell"
         verdict = summary.verdict.value if summary is not None else "not compared"
-        nums = _numbers(summary) if summary is not None else ""
-        shared = next((c for c in clauses if c[0] == verdict and not c[2]), None)
-        if shared is not None and not nums:
-            shared[1].append(name)
-        else:
-            clauses.append((verdict, [name], nums))
-    text = "; ".join(
-        f"{', '.join(names)}: {verdict}" + (f" ({nums})" if nums else "")
-        for verdict, names, nums in clauses
-    )
-    return f"{item.phase}: {text}"
+        groups.setdefault(verdict, []).append((context, summary))
+    clauses = []
+    for verdict, members in groups.items():
+        found = [s for _, s in members if s is not None]
+        if few and found and _numbers(found[0]):
+            clauses += [f"{describe([c])}: {verdict} ({_numbers(s)})" for c, s in members if s]
+            continue
+        merged = merge_summaries(item.phase, found[0].verdict, found) if found else None
+        nums = _numbers(merged, "max " if len(found) > 1 else "") if merged else ""
+        tail = f" ({nums})" if nums else ""
+        clauses.append(f"{describe([c for c, _ in members])}: {verdict}{tail}")
+    return f"{item.phase}: {'; '.join(clauses)}"
+
+
+def profile_groups(contexts: Sequence[ContextChange]) -> tuple[ProfileGroup, ...]:
+    """One group per context up to :data:`LISTED_CONTEXTS`; beyond, contexts whose
+    every phase has the same verdict merge (in order of first appearance)."""
+    if len(contexts) <= LISTED_CONTEXTS:
+        return tuple(ProfileGroup(contexts=(c.context,), phases=c.phases) for c in contexts)
+    found: dict[tuple[tuple[str, DriftClass], ...], list[ContextChange]] = {}
+    for change in contexts:
+        found.setdefault(tuple((p.phase, p.verdict) for p in change.phases), []).append(change)
+    out = []
+    for profile, members in found.items():
+        phases = tuple(
+            merge_summaries(
+                name, verdict, [p for m in members for p in m.phases if p.phase == name]
+            )
+            for name, verdict in profile
+        )
+        out.append(ProfileGroup(contexts=tuple(m.context for m in members), phases=phases))
+    return tuple(out)
 
 
 def agreement(
@@ -374,7 +439,9 @@ def summarise(name: str, results: Sequence[PhaseResult]) -> PhaseSummary:
     )
 
 
-def _merge(name: str, verdict: DriftClass, items: Sequence[PhaseSummary]) -> PhaseSummary:
+def merge_summaries(name: str, verdict: DriftClass, items: Sequence[PhaseSummary]) -> PhaseSummary:
+    """Summaries of one phase that agree on ``verdict``, with the largest of each number."""
+
     def peak(attr: str) -> float:
         vals = [v for s in items if not math.isnan(v := getattr(s, attr))]
         return max(vals) if vals else math.nan

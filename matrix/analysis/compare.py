@@ -260,6 +260,8 @@ class _Accumulator:
 
     def threshold(self) -> float:
         """Score an element must beat to enter the worst list (0: equal never does)."""
+        if self.top_k == 0:  # no list kept: nothing enters
+            return math.inf
         if len(self.worst) < self.top_k:
             return 0.0
         return self.worst[-1][0]
@@ -272,6 +274,8 @@ class _Accumulator:
         b: Arr,
     ) -> None:
         """Consider elements (already above the threshold) for the worst list."""
+        if self.top_k == 0:
+            return
         if positions.size > 4 * self.top_k:
             kth = np.partition(scores, -self.top_k)[-self.top_k]
             keep = scores >= kth

@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from matrix.analysis.compare import TensorComparison, compare_tensors, missing_comparison
+from matrix.analysis.compare import TOP_K, TensorComparison, compare_tensors, missing_comparison
 from matrix.analysis.drift import DriftClass, Thresholds, thresholds_for, worst
 from matrix.analysis.localize import Localisation, localize
 from matrix.errors import ArtifactError
@@ -181,8 +181,12 @@ def compare_phase(
     phase: str,
     *,
     thresholds: Mapping[str, Thresholds],
+    top_k: int = TOP_K,
 ) -> PhaseResult:
-    """Compare one scenario/phase of two cells (what :func:`compare_cells` does per column)."""
+    """Compare one scenario/phase of two cells (what :func:`compare_cells` does per column).
+
+    ``top_k``: how many worst elements each tensor keeps (0: none, and faster).
+    """
     varies = any(
         phase in record.varying_phases
         for record in (candidate.scenarios.get(scenario), baseline.scenarios.get(scenario))
@@ -211,13 +215,19 @@ def compare_phase(
         )
     else:
         keys = sorted(set(cand_keys) | set(base_keys))
-        tensors = tuple((key, _compare_key(candidate, baseline, key, thresholds)) for key in keys)
+        tensors = tuple(
+            (key, _compare_key(candidate, baseline, key, thresholds, top_k)) for key in keys
+        )
         result = _phase_result(scenario, phase, tensors)
     return replace(result, varies=True) if varies else result
 
 
 def _compare_key(
-    candidate: CellArtifact, baseline: CellArtifact, key: str, thresholds: Mapping[str, Thresholds]
+    candidate: CellArtifact,
+    baseline: CellArtifact,
+    key: str,
+    thresholds: Mapping[str, Thresholds],
+    top_k: int = TOP_K,
 ) -> TensorComparison:
     a, b = candidate.tensors.get(key), baseline.tensors.get(key)
     if a is None or b is None:
@@ -241,6 +251,7 @@ def _compare_key(
             dtype=dtype_a,
             baseline_dtype=dtype_b,
             thresholds=thresholds_for(_coarser(dtype_a, dtype_b), thresholds),
+            top_k=top_k,
         )
     except _READ_ERRORS as exc:
         return unreadable_comparison(a.dtype, a.shape, exc)

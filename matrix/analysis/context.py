@@ -13,6 +13,7 @@ alphabetical), with the natural order as the tie-break.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -27,6 +28,7 @@ __all__ = [
     "context_key",
     "context_label",
     "context_of",
+    "describe",
     "distinguishing_axes",
     "format_value",
     "value_rank",
@@ -124,3 +126,45 @@ def context_label(context: Context, axes: Sequence[str] | None = None) -> str:
     return ", ".join(
         f"{axis}={format_value(value)}" for axis, value in context if axes is None or axis in axes
     )
+
+
+#: How many labels a description lists before it counts the rest.
+_LISTED = 6
+
+
+def describe(
+    group: Sequence[Context], universe: Sequence[Context], axes: Sequence[str] | None = None
+) -> str:
+    """Name a set of contexts as briefly as the rest of ``universe`` allows.
+
+    'every context'; else the fewest axis constraints (one axis, then two)
+    that pick out exactly ``group`` ('onednn=off', 'precision=mixed_float16 or mixed_bfloat16,
+    device=gpu'); else the labels themselves (``axes`` only), the first few.
+    """
+    members = set(group)
+    everything = set(universe)
+    if not members:
+        return "no context"
+    if members == everything:
+        return "every context"
+    names = list(axes) if axes is not None else [a for a, _ in universe[0]]
+    order: dict[str, list[AxisValue]] = {a: [] for a in names}
+    for context in universe:
+        for axis, value in context:
+            if axis in order and value not in order[axis]:
+                order[axis].append(value)
+    for size in (1, 2):
+        best: tuple[int, dict[str, list[AxisValue]]] | None = None
+        for combo in itertools.combinations(names, size):
+            allowed = {a: [v for v in order[a] if any((a, v) in c for c in group)] for a in combo}
+            picked = {c for c in everything if all(dict(c)[a] in allowed[a] for a in combo)}
+            cost = sum(len(v) for v in allowed.values())
+            if picked == members and (best is None or cost < best[0]):
+                best = (cost, allowed)
+        if best is not None:
+            return ", ".join(
+                f"{a}={' or '.join(format_value(v) for v in vals)}" for a, vals in best[1].items()
+            )
+    labels = [context_label(c, names) for c in group]
+    more = f"; and {len(labels) - _LISTED} more" if len(labels) > _LISTED else ""
+    return "; ".join(labels[:_LISTED]) + more

@@ -20,6 +20,7 @@ from typing import Any
 
 from matrix import __version__
 from matrix.analysis.attribute import (
+    LISTED_CONTEXTS,
     Agreement,
     AxisChange,
     AxisEffect,
@@ -27,6 +28,7 @@ from matrix.analysis.attribute import (
     attribute,
     axis_effects,
     effect_text,
+    merge_summaries,
 )
 from matrix.analysis.chains import Chain, ChainLine, Onset, chain_lines, inferred_chains
 from matrix.analysis.compare import TensorComparison
@@ -45,11 +47,12 @@ from matrix.analysis.context import (
     axis_value_key,
     context_key,
     context_label,
+    describe,
     distinguishing_axes,
     format_value,
     varying_axes,
 )
-from matrix.analysis.drift import DriftClass, Thresholds
+from matrix.analysis.drift import DriftClass, Thresholds, worst
 from matrix.analysis.gate import (
     GATED_KINDS,
     Problem,
@@ -82,6 +85,7 @@ __all__ = [
     "Summary",
     "ToleranceFinding",
     "build_findings",
+    "pairs_finding",
 ]
 
 REPORT_SCHEMA_ID = "keras-repro-matrix/report"
@@ -256,11 +260,23 @@ class ContextEffect:
     context: Mapping[str, str]  # every context axis -> its value here
     label: str  # the values that tell this context from the change's others
     verdict: str  # the worst over the phases, in this context
-    pairs: tuple[tuple[str, str], ...]  # (baseline cell, candidate cell)
+    pairs: tuple[
+        tuple[str, str], ...
+    ]  # (baseline cell, candidate cell); per column: "axis" comparisons
     phases: tuple[PhaseEffect, ...]
-    columns: tuple[PhaseEffect, ...]
     first_layers: tuple[str, ...]
     expected_to_vary: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContextGroup:
+    """Contexts in which a change gave every phase the same verdict (each context
+    alone when a change has only a few): what the tables show, one column each."""
+
+    label: str  # 'precision=mixed_float16 or mixed_bfloat16', or one context's label
+    contexts: tuple[str, ...]  # the labels of its contexts
+    verdict: str
+    phases: tuple[PhaseEffect, ...]  # the shared verdicts; the largest numbers of the group
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,6 +300,7 @@ class AttributionRow:
     label_axes: tuple[str, ...]  # those that differ among this change's contexts
     common: Mapping[str, str]  # context values every one of its contexts shares
     verdict: str | None  # the same worst verdict in every context; None: it depends
+    groups: tuple[ContextGroup, ...]
     head: str  # 'stack tf-2.15 -> tf-2.16 (3 contexts; onednn=default in all)'
     summary: str  # the head, then every phase: once where contexts agree, else per context
     contexts: tuple[ContextEffect, ...]
@@ -299,11 +316,18 @@ class ContextVerdict:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GroupVerdict:
+    label: str
+    verdict: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class AxisEffectFinding:
     """The worst any change of one axis did, per context."""
 
     axis: str
     verdict: str | None  # the same in every context; None: it depends on the context
+    groups: tuple[GroupVerdict, ...]  # contexts with the same verdict, named briefly
     contexts: tuple[ContextVerdict, ...]
 
 
@@ -314,7 +338,6 @@ class ChainStepFinding:
     baseline: str
     candidate: str
     phases: tuple[PhaseEffect, ...]  # the main phases, worst over scenarios
-    columns: tuple[PhaseEffect, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -344,6 +367,20 @@ class OnsetAgreement:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ChainStepGroup:
+    before: str
+    after: str
+    phases: tuple[PhaseEffect, ...]  # the shared verdicts; the largest numbers of the group
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainGroup:
+    label: str
+    contexts: tuple[str, ...]
+    steps: tuple[ChainStepGroup, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class ChainFinding:
     axis: str
     values: tuple[str, ...]
@@ -353,6 +390,7 @@ class ChainFinding:
     label_axes: tuple[str, ...]
     lines: tuple[ChainLineFinding, ...]
     onsets: tuple[OnsetAgreement, ...]
+    groups: tuple[ChainGroup, ...]  # lines whose steps all agree, merged (beyond a few)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -553,7 +591,7 @@ def build_findings(
         axis_effects=tuple(_axis_effect(e) for e in axis_effects(attribution)),
         chains=tuple(_chain(c) for c in chains if c.lines),
         tolerances=tuple(_tolerance(t) for t in tolerances),
-        pairs=_pairs(pairs),
+        pairs=pairs_finding(pairs),
     )
 
 
@@ -782,7 +820,7 @@ def _agreements(row: AxisChange, items: Sequence[Agreement]) -> tuple[PhaseAgree
                 max_abs=peak.max_abs if peak else math.nan,
                 max_rel=peak.max_rel if peak else math.nan,
                 max_ulp=peak.max_ulp if peak else math.nan,
-                text=effect_text(item, row.label),
+                text=effect_text(item, row.describe),
             )
         )
     return tuple(out)
@@ -798,6 +836,15 @@ def _attribution(row: AxisChange) -> AttributionRow:
         label_axes=row.label_axes,
         common=dict(row.common),
         verdict=verdict.value if verdict is not None else None,
+        groups=tuple(
+            ContextGroup(
+                label=row.describe(g.contexts),
+                contexts=tuple(row.label(c) or context_label(c) for c in g.contexts),
+                verdict=worst(p.verdict for p in g.phases).value,
+                phases=_effects(g.phases),
+            )
+            for g in row.groups
+        ),
         head=row.head,
         summary=row.summary,
         contexts=tuple(
@@ -807,7 +854,6 @@ def _attribution(row: AxisChange) -> AttributionRow:
                 verdict=c.verdict.value,
                 pairs=c.pairs,
                 phases=_effects(c.phases),
-                columns=_effects(c.columns),
                 first_layers=c.first_layers,
                 expected_to_vary=c.varying,
             )
@@ -823,6 +869,7 @@ def _axis_effect(effect: AxisEffect) -> AxisEffectFinding:
     return AxisEffectFinding(
         axis=effect.axis,
         verdict=effect.agreed.value if effect.agreed is not None else None,
+        groups=tuple(GroupVerdict(label=label, verdict=v.value) for label, v in effect.groups),
         contexts=tuple(
             ContextVerdict(
                 context=_context(c),
@@ -886,6 +933,7 @@ def _chain(chain: Chain) -> ChainFinding:
             text = f"{column}: " + "; ".join(f"{label}: {t}" for label, t in texts)
         onsets.append(OnsetAgreement(column=column, agreed=len(distinct) == 1, text=text))
     return ChainFinding(
+        groups=_chain_groups(chain, names),
         axis=chain.axis,
         values=tuple(format_value(v) for v in chain.values),
         declared=chain.declared,
@@ -895,6 +943,51 @@ def _chain(chain: Chain) -> ChainFinding:
         lines=lines,
         onsets=tuple(onsets),
     )
+
+
+def _chain_groups(chain: Chain, names: Sequence[str]) -> tuple[ChainGroup, ...]:
+    """Lines merged where every step gave every main phase the same verdict
+    (each line alone when there are only a few)."""
+    universe = [line.context for line in chain.lines]
+    found: dict[tuple[object, ...], list[ChainLine]] = {}
+    for n, line in enumerate(chain.lines):
+        profile = tuple(
+            (s.before, s.after, tuple((p.phase, p.verdict) for p in s.phases)) for s in line.steps
+        )
+        found.setdefault(profile if len(universe) > LISTED_CONTEXTS else (n,), []).append(line)
+    out = []
+    for members in found.values():
+        contexts = [m.context for m in members]
+        label = (
+            context_label(contexts[0], names) or context_label(contexts[0]) or "every cell"
+            if len(contexts) == 1
+            else describe(contexts, universe, names)
+        )
+        steps = []
+        for k, step in enumerate(members[0].steps):
+            same = [p for m in members for p in m.steps[k].phases]
+            steps.append(
+                ChainStepGroup(
+                    before=format_value(step.before),
+                    after=format_value(step.after),
+                    phases=_effects(
+                        [
+                            merge_summaries(
+                                p.phase, p.verdict, [q for q in same if q.phase == p.phase]
+                            )
+                            for p in step.phases
+                        ]
+                    ),
+                )
+            )
+        out.append(
+            ChainGroup(
+                label=label,
+                contexts=tuple(context_label(c, names) or context_label(c) for c in contexts),
+                steps=tuple(steps),
+            )
+        )
+    return tuple(out)
 
 
 def _line(line: ChainLine, names: Sequence[str]) -> ChainLineFinding:
@@ -909,7 +1002,6 @@ def _line(line: ChainLine, names: Sequence[str]) -> ChainLineFinding:
                 baseline=s.baseline,
                 candidate=s.candidate,
                 phases=_effects(s.phases),
-                columns=_effects(s.columns),
             )
             for s in line.steps
         ),
@@ -935,7 +1027,8 @@ def _tolerance(t: Tolerance) -> ToleranceFinding:
     )
 
 
-def _pairs(table: PairTable) -> PairsFinding:
+def pairs_finding(table: PairTable) -> PairsFinding:
+    """The all-pairs table as report.json holds it: per-tensor rows only where not identical."""
     phases = []
     for entry in table.phases:
         p = entry.result

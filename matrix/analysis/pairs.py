@@ -1,24 +1,26 @@
 """Any two cells: every pair's per-phase comparison, computed once per distinct content.
 
-A reader may pick any two cells of a report; comparing all n(n-1)/2 pairs
-tensor by tensor costs about 10 ms a pair on the default matrix's artifacts
-(17 cells: 1.4 s; 60 cells: 18 s; 1,000 cells: hours).  But a phase's result
-depends only on what the two cells hold for it, and most cells hold the same
-thing for most phases (seeded initial weights agree across precisions,
-float32 phases across oneDNN settings...).  So each cell gets, per
-scenario/phase, a **digest**: a number that two cells share exactly when
-their tensors for that phase are bitwise equal (sha256 of the bytes, dtype,
-shape) and their scenario states agree.  A pair of cells then reads its
-result from the comparison of its two digests, and only distinct digest
-pairs are compared.
+A reader may pick any two cells of a report.  Comparing all n(n-1)/2 pairs
+tensor by tensor costs about 4 ms a pair (``benchmarks/bench_pairs.py``: 60
+cells 6 s, 1,000 cells ~50 min).  But a phase's result depends only on what
+the two cells hold for it, and most cells hold the same thing for most
+phases (seeded initial weights agree across precisions, float32 phases
+across oneDNN settings...).  So each cell gets, per scenario/phase, a
+**digest**: a number that two cells share exactly when their tensors for
+that phase are bitwise equal (sha256 of the bytes, dtype, shape) and their
+scenario states agree.  A pair of cells reads its result from the
+comparison of its two digests, and only the distinct digest pairs that
+occur are compared: 60 cells 0.03 s, 1,000 cells 0.7 s when the content
+repeats as real axes make it; 2 s for 60 cells that all differ in three
+phases.
 
-The baseline of a pair is the cell that comes first in the report.  When a
-phase has so many distinct digests that comparing them all would exceed the
-budget (tensor comparisons), that phase keeps only what the digests say
-exactly (same digest: the same result as comparing the cell with itself;
-different: not bitwise identical) and is listed in ``skipped``; phases are
-taken cheapest first, so the budget covers as many as it can.
-``benchmarks/bench_pairs.py`` measures both.
+The baseline of a pair is the cell that comes first in the report.  The
+work is bounded by :data:`PAIR_BUDGET` tensor comparisons (about 2.5 s and
+5 MB of report.json): phases are taken cheapest first, and a phase whose
+distinct contents would exceed what is left (1,000 cells that all differ in
+a phase: 500,000 pairs) keeps only what its digests say exactly (same
+digest: the result of comparing the cell with itself; different: not
+bitwise identical) and is listed in ``skipped``.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ from matrix.results.artifacts import CellArtifact
 
 __all__ = ["PAIR_BUDGET", "PairPhase", "PairTable", "all_pairs", "phase_digest"]
 
-#: Tensor comparisons the all-pairs table may spend (about 75 us each on the
-#: default matrix's small tensors: ~15 s at most); see bench_pairs.py.
-PAIR_BUDGET = 200_000
+#: Tensor comparisons the all-pairs table may spend: about 100 us each on
+#: small tensors, so ~2.5 s, and ~5 MB of report.json (bench_pairs.py: 60
+#: cells all different in three phases take 21,256).
+PAIR_BUDGET = 25_000
 
 _READ = 1 << 20  # elements hashed per chunk
 
@@ -170,7 +173,10 @@ def all_pairs(
                 continue
             i = members[a][0]
             j = next(m for m in reversed(members[b]) if m > i)
-            result = compare_phase(cells[j], cells[i], scenario, phase, thresholds=thresholds)
+            # the page shows no worst elements for a pair: not keeping them saves a third
+            result = compare_phase(
+                cells[j], cells[i], scenario, phase, thresholds=thresholds, top_k=0
+            )
             phases.append(
                 PairPhase(column=f"{scenario}/{phase}", baseline=a, candidate=b, result=result)
             )

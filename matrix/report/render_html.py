@@ -270,41 +270,51 @@ def _effect(verdict: str, max_ulp: float, max_rel: float, peak: str = "") -> str
     return verdict
 
 
-def _shown(p: PhaseEffect | None) -> dict[str, str] | None:
+def _shown(p: PhaseEffect | None, peak: str = "") -> dict[str, str] | None:
     if p is None:
         return None
-    return {"verdict": p.verdict, "text": _effect(p.verdict, p.max_ulp, p.max_rel)}
+    return {"verdict": p.verdict, "text": _effect(p.verdict, p.max_ulp, p.max_rel, peak)}
 
 
 def _attribution_view(row: AttributionRow) -> dict[str, Any]:
-    """A change as a table: its phases x its contexts, one cell where they agree."""
-    by_context = [{p.phase: p for p in c.phases} for c in row.contexts]
+    """A change as a table: its phases x its context groups, one cell where all agree."""
+    by_group = [{p.phase: p for p in g.phases} for g in row.groups]
     phases = []
     for p in row.phases:
         agreed = None
         if p.agreed is not None:
             text = _effect(p.agreed, p.max_ulp, p.max_rel, "max " if len(row.contexts) > 1 else "")
             agreed = {"verdict": p.agreed, "text": text}
+        merged = [len(g.contexts) > 1 for g in row.groups]
         phases.append(
             {
                 "phase": p.phase,
                 "text": p.text,
                 "agreed": agreed,
-                "cells": [_shown(found.get(p.phase)) for found in by_context],
+                "cells": [
+                    _shown(found.get(p.phase), "max " if many else "")
+                    for found, many in zip(by_group, merged, strict=True)
+                ],
             }
         )
-    return {"row": row, "phases": phases}
+    layers: dict[str, int] = {}
+    for c in row.contexts:
+        for note in c.first_layers:
+            layers[note] = layers.get(note, 0) + 1
+    pairs = sum(len(c.pairs) for c in row.contexts)
+    return {"row": row, "phases": phases, "pairs": pairs, "layers": list(layers.items())}
 
 
 def _chain_view(chain: ChainFinding) -> dict[str, Any]:
-    lines = []
-    for line in chain.lines:
+    groups = []
+    for group in chain.groups:
+        many = "max " if len(group.contexts) > 1 else ""
         steps = []
-        for step in line.steps:
+        for step in group.steps:
             found = {p.phase: p for p in step.phases}
-            steps.append({"step": step, "cells": [_shown(found.get(p)) for p in PHASES]})
-        lines.append({"line": line, "steps": steps})
-    return {"chain": chain, "lines": lines}
+            steps.append({"step": step, "cells": [_shown(found.get(p), many) for p in PHASES]})
+        groups.append({"group": group, "steps": steps})
+    return {"chain": chain, "groups": groups}
 
 
 def _tolerance_groups(items: tuple[ToleranceFinding, ...]) -> list[dict[str, Any]]:

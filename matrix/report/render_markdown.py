@@ -27,6 +27,8 @@ from scenarios.contract import PHASES
 __all__ = ["md", "render_markdown"]
 
 MAX_ROWS = 40
+#: Step tables per chain (one per group of contexts).
+MAX_TABLES = 6
 
 _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|#~!"})
 
@@ -72,7 +74,7 @@ def _row(row: AttributionRow) -> list[str]:
     else:
         lines.append(
             "Worst, per context: "
-            + "; ".join(f"{md(c.label)}: **{c.verdict}**" for c in row.contexts)
+            + "; ".join(f"{md(g.label)}: **{g.verdict}**" for g in row.groups)
         )
     lines.append("")
     quiet = [p.phase for p in row.phases if p.agreed == "identical"]
@@ -119,26 +121,32 @@ def _chain(chain: ChainFinding) -> list[str]:
     ]
     lines += [f"- {md(o.text)}" for o in chain.onsets[:MAX_ROWS]]
     lines += _capped([], len(chain.onsets), "phases")
-    for line in chain.lines:
+    for group in chain.groups[:MAX_TABLES]:
+        merged = len(group.contexts) > 1
+        note = f" ({len(group.contexts)} contexts, the same verdicts; largest numbers)"
         lines += [
             "",
-            f"{md(line.label)}:",
+            f"{md(group.label)}{note if merged else ''}:",
             "",
             "| step | " + " | ".join(PHASES) + " |",
             "| --- |" + " --- |" * len(PHASES),
         ]
-        for step in line.steps:
+        for step in group.steps:
             found = {p.phase: p for p in step.phases}
-            cells = [_effect(found[p]) if p in found else "—" for p in PHASES]
+            cells = [_effect(found[p], merged) if p in found else "—" for p in PHASES]
             lines.append(f"| {md(step.before)} → {md(step.after)} | " + " | ".join(cells) + " |")
+    if len(chain.groups) > MAX_TABLES:
+        more = len(chain.groups) - MAX_TABLES
+        lines.append(f"\n… and {more} more tables: see index.html / report.json.")
     return [*lines, ""]
 
 
-def _effect(p: PhaseEffect) -> str:
+def _effect(p: PhaseEffect, merged: bool = False) -> str:
+    peak = "max " if merged else ""
     if p.verdict == "rounding" and math.isfinite(p.max_ulp):
-        return f"rounding ({p.max_ulp:g} ULP)"
+        return f"rounding ({peak}{p.max_ulp:g} ULP)"
     if p.verdict in ("drift", "divergent") and math.isfinite(p.max_rel):
-        return f"{p.verdict} (rel {p.max_rel:.1e})"
+        return f"{p.verdict} ({peak}rel {p.max_rel:.1e})"
     return p.verdict
 
 
