@@ -44,8 +44,7 @@ from matrix.analysis.comparisons import compare_cells  # noqa: E402
 from matrix.analysis.drift import DEFAULT_THRESHOLDS  # noqa: E402
 from matrix.analysis.findings import pairs_finding  # noqa: E402
 from matrix.analysis.pairs import PAIR_BUDGET, all_pairs  # noqa: E402
-from matrix.report.render_html import embed_json  # noqa: E402
-from matrix.report.render_html import _pairs_data as page_data  # noqa: E402
+from matrix.report.render_html import embed_json, pairs_page_data  # noqa: E402
 from matrix.report.serialize import to_data  # noqa: E402
 from matrix.results.artifacts import load_cell  # noqa: E402
 
@@ -126,7 +125,7 @@ def measure(root: Path, n_cells: int, worst: bool) -> None:
     t5 = time.perf_counter()
     finding = pairs_finding(table)
     in_json = len(json.dumps(to_data(finding), separators=(",", ":")).encode())
-    in_page = len(embed_json(page_data(finding)).encode())
+    in_page = len(embed_json(pairs_page_data(finding)).encode())
     tensor_rows = sum(len(p.tensors) for p in finding.phases)
     how = "timed" if sample is pairs else f"extrapolated from {len(sample)} pairs"
     kind = "worst" if worst else "typical"

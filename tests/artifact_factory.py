@@ -271,3 +271,36 @@ def context_matrix(root: Path, *, derived_in_plan: bool = True) -> list[str]:
         data["derived_axes"] = ["tensorflow"]
         plan.write_text(json.dumps(data))
     return ids
+
+
+def chain_cells(root: Path, *, failed: str | None = None) -> list[str]:
+    """tensorflow 2.12 .. 2.15 under float32 and mixed_bfloat16.
+
+    forward/output, relative to the previous release: float32: 2.13 same,
+    2.14 +1 ULP, 2.15 x (1 + 1e-3); mixed_bfloat16: 2.13 same, 2.14 x (1 + 1e-3),
+    2.15 same.  The other phases never change.  ``failed``: the release whose
+    float32 cell fails its scenario.
+    """
+    ids = []
+    for precision in ("float32", "mixed_bfloat16"):
+        out = base_tensors()["mlp/forward/output"]
+        for version in ("2.12", "2.13", "2.14", "2.15"):
+            if precision == "float32" and version == "2.14":
+                out = one_ulp_up(out)
+            if (precision, version) in (("float32", "2.15"), ("mixed_bfloat16", "2.14")):
+                out = (out * np.float32(1 + 1e-3)).astype(np.float32)
+            t = base_tensors()
+            t["mlp/forward/output"] = out
+            cid = f"tf{version}-{precision}"
+            broken = None
+            if failed == version and precision == "float32":
+                broken = {"mlp": ("RuntimeError", "boom", "Traceback")}
+            write_cell(
+                root,
+                cid,
+                axes={"tensorflow": version, "precision": precision},
+                tensors=t,
+                failed=broken,
+            )
+            ids.append(cid)
+    return ids

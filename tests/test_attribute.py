@@ -1,17 +1,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from artifact_factory import (
-    base_tensors,
-    context_matrix,
-    one_ulp_up,
-    planted_matrix,
-    write_cell,
-)
+from artifact_factory import chain_cells, context_matrix, planted_matrix
 
 from matrix.analysis.attribute import attribute, axis_effects, axis_value_key, neighbour_pairs
 from matrix.analysis.chains import chain_lines, inferred_chains
@@ -180,45 +173,12 @@ def test_a_change_is_judged_per_context(tmp_path: Path) -> None:
     assert effects["precision"].agreed is DriftClass.DRIFT
 
 
-def chain_cells(root: Path, *, failed: str | None = None) -> list[CellArtifact]:
-    """tensorflow 2.12 .. 2.15 under float32 and mixed_bfloat16.
-
-    forward/output, relative to the previous release: float32: 2.13 same,
-    2.14 +1 ULP, 2.15 x (1 + 1e-3); mixed_bfloat16: 2.13 same, 2.14 x (1 + 1e-3),
-    2.15 same.  The other phases never change.  ``failed``: the release whose
-    float32 cell fails its scenario.
-    """
-    cells = []
-    for precision in ("float32", "mixed_bfloat16"):
-        out = base_tensors()["mlp/forward/output"]
-        for version in ("2.12", "2.13", "2.14", "2.15"):
-            if precision == "float32" and version == "2.14":
-                out = one_ulp_up(out)
-            if (precision, version) in (("float32", "2.15"), ("mixed_bfloat16", "2.14")):
-                out = (out * np.float32(1 + 1e-3)).astype(np.float32)
-            t = base_tensors()
-            t["mlp/forward/output"] = out
-            cid = f"tf{version}-{precision}"
-            broken: Any = None
-            if failed == version and precision == "float32":
-                broken = {"mlp": ("RuntimeError", "boom", "Traceback")}
-            write_cell(
-                root,
-                cid,
-                axes={"tensorflow": version, "precision": precision},
-                tensors=t,
-                failed=broken,
-            )
-            cells.append(load_cell(root / cid))
-    return cells
-
-
 def _compare(a: CellArtifact, b: CellArtifact) -> tuple[PhaseResult, ...]:
     return compare_cells(a, b, thresholds=DEFAULT_THRESHOLDS)
 
 
 def test_chain_names_the_first_release_that_moves_per_context(tmp_path: Path) -> None:
-    cells = chain_cells(tmp_path)
+    cells = [load_cell(tmp_path / cid) for cid in chain_cells(tmp_path)]
     record = ChainRecord(
         axis="tensorflow",
         values=("2.12", "2.13", "2.14", "2.15"),
@@ -263,7 +223,7 @@ def test_chain_names_the_first_release_that_moves_per_context(tmp_path: Path) ->
 
 
 def test_chain_steps_without_evidence_are_named_not_taken_as_onsets(tmp_path: Path) -> None:
-    cells = chain_cells(tmp_path, failed="2.13")
+    cells = [load_cell(tmp_path / cid) for cid in chain_cells(tmp_path, failed="2.13")]
     record = ChainRecord(axis="tensorflow", values=("2.12", "2.13", "2.14", "2.15"))
     chain = chain_lines(cells, record, ["tensorflow", "precision"], _compare, declared=True)
     f32 = {o.column: o for o in chain.lines[0].onsets}

@@ -40,7 +40,7 @@ from matrix.analysis.findings import (
 from matrix.report.serialize import number
 from scenarios.contract import PHASES
 
-__all__ = ["CLASS_COLOURS", "embed_json", "render_html"]
+__all__ = ["CLASS_COLOURS", "embed_json", "pairs_page_data", "render_html"]
 
 #: Colour per drift class: a green-to-red ramp for numeric classes, purple
 #: and greys for the classes that carry no number.  Each cell also shows a
@@ -256,7 +256,7 @@ def _context(findings: Findings) -> dict[str, Any]:
         "cards": cards,
         "colours": CLASS_COLOURS,
         "data_json": embed_json(
-            {"details": details, "baselines": baselines, "pairs": _pairs_data(findings.pairs)}
+            {"details": details, "baselines": baselines, "pairs": pairs_page_data(findings.pairs)}
         ),
     }
 
@@ -327,7 +327,7 @@ def _tolerance_groups(items: tuple[ToleranceFinding, ...]) -> list[dict[str, Any
     ]
 
 
-def _pairs_data(pairs: PairsFinding) -> dict[str, Any]:
+def pairs_page_data(pairs: PairsFinding) -> dict[str, Any]:
     """The digest table for the two-cell picker: numbers rounded for display only."""
     index = {c: n for n, c in enumerate(pairs.columns)}
     table: dict[str, list[Any]] = {}
