@@ -2,13 +2,16 @@
 
 One dataclass per object of ``report.json`` (``matrix/report/report.schema.json``
 describes the same shape), built here from the analysis (comparisons
-against the reference cell, against the float64 oracles, across repeats,
-attribution per axis, localisation); the exit policy is in
+against the reference cell, against the float64 oracles, across repeats;
+attribution per axis and context, upgrade chains, the all-pairs digest
+table, portable tolerances, localisation); the exit policy is in
 :mod:`matrix.analysis.gate`. Renderers read these objects, so mypy checks
 every field they use; :mod:`matrix.report.serialize` turns them into JSON.
 
 Numbers stay floats here (NaN where there is none, infinities as they are);
-the serialiser writes NaN as null and infinities as "inf"/"-inf".
+the serialiser writes NaN as null and infinities as "inf"/"-inf".  Every
+number a renderer shows is one of these fields, merged ones included (the
+largest over contexts whose verdicts agree is kept as its own field).
 """
 
 from __future__ import annotations
