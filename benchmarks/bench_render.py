@@ -122,8 +122,8 @@ def main() -> None:
         files = write_outputs(findings, root / "report")
         t3, c3 = time.perf_counter(), time.process_time()
         sizes = {p.name: p.stat().st_size for p in files}
-        comparisons = len(findings["comparisons"])
-        rows = len(findings["attribution"])
+        comparisons = len(findings.comparisons)
+        rows = len(findings.attribution)
         print(f"cells: {n} ({comparisons} cell comparisons, {rows} attribution rows)")
         print(f"writing synthetic artifacts: {t1 - t0:.2f} s")
         print(f"load + compare + attribute:  {t2 - t1:.2f} s wall, {c2 - c1:.2f} s CPU")

@@ -222,3 +222,85 @@ def planted_matrix(root: Path, *, hostile: str | None = None) -> list[str]:
                 ids.append(cid)
     write_plan(root, ids, axes=["tensorflow", "device", "precision"])
     return ids
+
+
+def ulps_up(a: np.ndarray, n: int) -> np.ndarray:
+    for _ in range(n):
+        a = one_ulp_up(a)
+    return a
+
+
+def context_matrix(root: Path, *, derived_in_plan: bool = True) -> list[str]:
+    """2 x 2 cells where one change means different things in different contexts.
+
+    Axes: stack tf-2.15 / tf-2.16 (with tensorflow 2.15 / 2.16 following it:
+    a derived axis), precision float32 / mixed_bfloat16, threads 1 everywhere
+    (constant).  ``derived_in_plan=False`` writes a plan.json from before
+    derived axes were recorded.
+
+    * stack tf-2.15 -> tf-2.16, float32:        train +2 ULP (rounding), forward unchanged
+    * stack tf-2.15 -> tf-2.16, mixed_bfloat16: train x (1 + 8e-3) (drift), forward +1 ULP
+    * precision float32 -> mixed_bfloat16:      forward from layer 1 on x (1 + 4e-3) (drift)
+
+    Returns the cell ids in plan order.
+    """
+    ids = []
+    for tf in ("2.15", "2.16"):
+        for precision in ("float32", "mixed_bfloat16"):
+            t = base_tensors()
+            fwd = [*sorted(k for k in t if "/forward/layer_" in k), "mlp/forward/output"]
+            if precision == "mixed_bfloat16":
+                for k in fwd[1:]:
+                    t[k] = (t[k] * np.float32(1 + 4e-3)).astype(np.float32)
+            if tf == "2.16":
+                for k in ("mlp/train/kernel", "mlp/train/loss"):
+                    if precision == "float32":
+                        t[k] = ulps_up(t[k], 2)
+                    else:
+                        t[k] = (t[k] * np.float32(1 + 8e-3)).astype(np.float32)
+                if precision == "mixed_bfloat16":
+                    for k in fwd:
+                        t[k] = one_ulp_up(t[k])
+            cid = f"tf-{tf}-{precision}"
+            axes = {"stack": f"tf-{tf}", "tensorflow": tf, "precision": precision, "threads": 1}
+            write_cell(root, cid, axes=axes, tensors=t)
+            ids.append(cid)
+    plan = write_plan(root, ids, axes=["stack", "tensorflow", "precision", "threads"])
+    if derived_in_plan:
+        data = json.loads(plan.read_text())
+        data["derived_axes"] = ["tensorflow"]
+        plan.write_text(json.dumps(data))
+    return ids
+
+
+def chain_cells(root: Path, *, failed: str | None = None) -> list[str]:
+    """tensorflow 2.12 .. 2.15 under float32 and mixed_bfloat16.
+
+    forward/output, relative to the previous release: float32: 2.13 same,
+    2.14 +1 ULP, 2.15 x (1 + 1e-3); mixed_bfloat16: 2.13 same, 2.14 x (1 + 1e-3),
+    2.15 same.  The other phases never change.  ``failed``: the release whose
+    float32 cell fails its scenario.
+    """
+    ids = []
+    for precision in ("float32", "mixed_bfloat16"):
+        out = base_tensors()["mlp/forward/output"]
+        for version in ("2.12", "2.13", "2.14", "2.15"):
+            if precision == "float32" and version == "2.14":
+                out = one_ulp_up(out)
+            if (precision, version) in (("float32", "2.15"), ("mixed_bfloat16", "2.14")):
+                out = (out * np.float32(1 + 1e-3)).astype(np.float32)
+            t = base_tensors()
+            t["mlp/forward/output"] = out
+            cid = f"tf{version}-{precision}"
+            broken = None
+            if failed == version and precision == "float32":
+                broken = {"mlp": ("RuntimeError", "boom", "Traceback")}
+            write_cell(
+                root,
+                cid,
+                axes={"tensorflow": version, "precision": precision},
+                tensors=t,
+                failed=broken,
+            )
+            ids.append(cid)
+    return ids

@@ -221,3 +221,72 @@ def test_unseeded_phases_render_as_expected_to_vary(tmp_path: Path) -> None:
     assert "varies" in (b_td.get("class") or "").split()
     assert b_td.get("data-verdict") == "divergent"
     assert "v-divergent" not in (b_td.get("class") or "")  # not coloured as a finding
+
+
+def _fragment(html: str, start: str) -> str:
+    """From ``start`` to the next attribution row or the end of its section."""
+    i = html.index(start)
+    ends = [
+        j for j in (html.find('<div class="attr-row"', i + 1), html.find("</section>", i)) if j > 0
+    ]
+    return html[i : min(ends)]
+
+
+def test_attribution_leads_and_shows_each_context(tmp_path: Path) -> None:
+    import numpy as np
+    from artifact_factory import context_matrix
+
+    context_matrix(tmp_path)
+    build_report([tmp_path], generated_at="2026-01-01T00:00:00Z")
+    html = (tmp_path / "report" / "index.html").read_text()
+    sections = re.findall(r'<section id="([^"]+)"', html)
+    assert sections.index("attribution") == 0 and sections.index("heatmap") > sections.index("pair")
+    row = Dom(_fragment(html, '<div class="attr-row" data-axis="stack"'))
+    assert [a.get("data-context") for a in row.find("th", class_="ctx")] == [
+        "precision=float32",
+        "precision=mixed_bfloat16",
+    ]
+    text = "".join(row.text)
+    with (
+        np.load(tmp_path / "tf-2.15-mixed_bfloat16" / "tensors.npz") as a,
+        np.load(tmp_path / "tf-2.16-mixed_bfloat16" / "tensors.npz") as b,
+    ):
+        rel = max(
+            float(np.max(np.abs(b[k].astype(np.float64) - a[k]) / np.abs(a[k].astype(np.float64))))
+            for k in a.files
+            if k.startswith("mlp/train/")
+        )
+    # train: one cell per context, each with its own verdict and number
+    train = _fragment(html, '<tr class="phase-row" data-phase="train"').split("</tr>")[0]
+    assert "rounding, 2 ULP" in train and f"drift, rel {rel:.1e}" in train
+    assert "in every context" not in train
+    # init agrees: said once, across the columns
+    init = Dom(_fragment(html, '<tr class="phase-row" data-phase="init"').split("</tr>")[0])
+    assert [a.get("colspan") for a in init.find("td", class_="agreed")] == ["2"]
+    assert "identical in every context" in text
+    # the glance names the contexts of an axis whose effect depends on them
+    glance = Dom(html[html.index('<span id="axis-effects"') : html.index("</header>")])
+    words = " ".join("".join(glance.text).split())
+    assert "stack precision=float32: rounding precision=mixed_bfloat16: drift" in words
+    assert "precision drift in every context" in words
+
+
+@pytest.mark.browser
+def test_picking_two_cells_shows_their_comparison(rendered: dict[str, Any], tmp_path: Path) -> None:
+    import numpy as np
+
+    later, earlier = "tf2.16-gpu-mixed_bfloat16", "tf2.15-cpu-float32"
+    url = rendered["page"].as_uri() + f"#a={later}&b={earlier}"
+    dom = Dom(run_chromium("--dump-dom", url, tmp=tmp_path))
+    (result,) = [a for t, a in dom.elements if t == "div" and a.get("id") == "pair-result"]
+    assert result.get("data-pair") == f"{earlier} -> {later}"  # the earlier cell is the baseline
+    phases = {a["data-column"]: a["data-verdict"] for a in dom.find("tr", class_="pair-phase")}
+    # planted: 2.16 drifts training, bfloat16 drifts the forward pass, nothing moves init
+    assert phases == {"mlp/init": "identical", "mlp/forward": "drift", "mlp/train": "drift"}
+    root = rendered["root"]
+    with np.load(root / earlier / "tensors.npz") as a, np.load(root / later / "tensors.npz") as b:
+        differ = {
+            k for k in a.files if not k.startswith("reference/") and not np.array_equal(a[k], b[k])
+        }
+    assert {a["data-key"] for a in dom.find("tr", class_="pair-tensor")} == differ
+    assert dom.find("body", **{"data-pwned": "1"}) == []

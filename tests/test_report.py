@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -11,6 +13,9 @@ import numpy as np
 import pytest
 from artifact_factory import (
     base_tensors,
+    bf16,
+    chain_cells,
+    context_matrix,
     one_ulp_up,
     planted_matrix,
     write_cell,
@@ -82,7 +87,7 @@ def test_planted_matrix_report(tmp_path: Path) -> None:
         "precision": "drift",
     }
     md = (out / "report.md").read_text()
-    assert "tensorflow | 2.15 → 2.16 | drift" in md
+    assert "### tensorflow 2.15 → 2.16 (4 contexts)\n\nWorst: **drift** in every context." in md
     junit = ET.parse(out / "junit.xml").getroot()
     n_comparisons = len(report["comparisons"])
     assert int(junit.get("tests")) == n_comparisons == len(junit.findall(".//testcase"))
@@ -420,7 +425,8 @@ def test_unseeded_phases_are_shown_but_never_counted(tmp_path: Path, marker: str
     )
     assert report["summary"]["expected_to_vary"]["reference"] == 2  # a vs a, b vs a
     (row,) = report["attribution"]
-    assert row["verdict"] == "identical" and row["expected_to_vary"] == ["init/recipe_none"]
+    (context,) = row["contexts"]
+    assert row["verdict"] == "identical" and context["expected_to_vary"] == ["init/recipe_none"]
 
 
 def test_ok_phase_without_tensors_is_not_a_column(tmp_path: Path) -> None:
@@ -456,3 +462,328 @@ def test_float64_tensors_of_a_float32_cell_are_judged_as_float32(tmp_path: Path)
     )
     report = make_findings([tmp_path], generated_at=PINNED)
     assert phase(report, "reference", "b", "mlp/train")["verdict"] == "rounding"
+
+
+# --------------------------------------------------------------------------
+# Contexts, chains, any two cells, portable tolerances
+
+
+def arrays(root: Path, cid: str) -> dict[str, np.ndarray]:
+    with np.load(root / cid / "tensors.npz") as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a.astype(np.float64) - b) / np.abs(b.astype(np.float64))))
+
+
+@pytest.mark.parametrize("derived_in_plan", [True, False], ids=["plan-names-derived", "old-plan"])
+def test_attribution_is_stated_per_context_everywhere(
+    tmp_path: Path, derived_in_plan: bool
+) -> None:
+    context_matrix(tmp_path, derived_in_plan=derived_in_plan)
+    build_report([tmp_path], generated_at=PINNED)
+    out = tmp_path / "report"
+    report = load_report(out)
+    # threads is the same everywhere and tensorflow follows the stack: neither is context
+    assert report["context_axes"] == ["stack", "precision"]
+    assert report["derived_axes"] == ["tensorflow"]
+    assert {r["axis"] for r in report["attribution"]} == {"stack", "precision"}
+    stack = next(r for r in report["attribution"] if r["axis"] == "stack")
+    assert stack["verdict"] is None  # it depends on the context
+    assert stack["head"] == "stack tf-2.15 → tf-2.16 (2 contexts)"
+    by = {c["label"]: {p["phase"]: p for p in c["phases"]} for c in stack["contexts"]}
+    assert list(by) == ["precision=float32", "precision=mixed_bfloat16"]
+    assert {k: p["verdict"] for k, p in by["precision=float32"].items()} == {
+        "init": "identical",
+        "forward": "identical",
+        "train": "rounding",
+    }
+    assert {k: p["verdict"] for k, p in by["precision=mixed_bfloat16"].items()} == {
+        "init": "identical",
+        "forward": "rounding",
+        "train": "drift",
+    }
+    # the numbers, recomputed from the artifacts
+    old, new = arrays(tmp_path, "tf-2.15-float32"), arrays(tmp_path, "tf-2.16-float32")
+    ulps = max(
+        int(np.max(np.abs(new[k].view(np.int32).astype(np.int64) - old[k].view(np.int32))))
+        for k in old
+        if k.startswith("mlp/train/")
+    )
+    assert by["precision=float32"]["train"]["max_ulp"] == ulps == 2
+    old, new = (
+        arrays(tmp_path, "tf-2.15-mixed_bfloat16"),
+        arrays(tmp_path, "tf-2.16-mixed_bfloat16"),
+    )
+    expected = max(rel(new[k], old[k]) for k in old if k.startswith("mlp/train/"))
+    assert by["precision=mixed_bfloat16"]["train"]["max_rel"] == pytest.approx(expected, rel=1e-5)
+    train = next(p for p in stack["phases"] if p["phase"] == "train")
+    assert train["agreed"] is None and train["max_rel"] is None  # no merged number
+    init = next(p for p in stack["phases"] if p["phase"] == "init")
+    assert init["agreed"] == "identical" and init["text"] == "init: identical in every context"
+    effects = {e["axis"]: e for e in report["axis_effects"]}
+    assert effects["stack"]["verdict"] is None
+    assert [(g["label"], g["verdict"]) for g in effects["stack"]["groups"]] == [
+        ("precision=float32", "rounding"),
+        ("precision=mixed_bfloat16", "drift"),
+    ]
+    assert effects["precision"]["verdict"] == "drift"
+
+    md = (out / "report.md").read_text()
+    assert md.index("## What changing one axis alone does, per context") < md.index(
+        "## Verdicts"
+    )  # it leads
+    section = md.split("### stack tf-2.15 → tf-2.16")[1].split("###")[0]
+    assert (
+        "Worst, per context: precision=float32: **rounding**; "
+        "precision=mixed\\_bfloat16: **drift**" in section
+    )
+    assert (
+        f"- train: precision=float32: rounding (2 ULP); "
+        f"precision=mixed\\_bfloat16: drift (rel {expected:.1e})" in section
+    )
+    assert "drift in every context" not in section and "**drift** in every" not in section
+
+    junit = ET.parse(out / "junit.xml").getroot()
+    names = [
+        tc.get("name", "")
+        for suite in junit
+        if suite.get("name") == "attribution (one axis changed)"
+        for tc in suite
+    ]
+    assert sorted(n.split(":")[0] for n in names) == [
+        "precision float32 → mixed_bfloat16 [stack=tf-2.15]",
+        "precision float32 → mixed_bfloat16 [stack=tf-2.16]",
+        "stack tf-2.15 → tf-2.16 [precision=float32]",
+        "stack tf-2.15 → tf-2.16 [precision=mixed_bfloat16]",
+    ]
+
+
+def test_inferred_chain_names_its_onsets_per_context(tmp_path: Path) -> None:
+    context_matrix(tmp_path)
+    report = make_findings([tmp_path], generated_at=PINNED)
+    (chain,) = report["chains"]
+    assert (chain["axis"], chain["values"], chain["declared"]) == (
+        "stack",
+        ["tf-2.15", "tf-2.16"],
+        False,
+    )
+    onsets = {line["label"]: {o["column"]: o for o in line["onsets"]} for line in chain["lines"]}
+    f32, bf16 = onsets["precision=float32"], onsets["precision=mixed_bfloat16"]
+    assert (f32["mlp/train"]["first_change"], f32["mlp/train"]["first_drift"]) == ("tf-2.16", None)
+    assert (bf16["mlp/train"]["first_change"], bf16["mlp/train"]["first_drift"]) == (
+        "tf-2.16",
+        "tf-2.16",
+    )
+    assert f32["mlp/forward"]["first_change"] is None
+    assert bf16["mlp/forward"]["change_verdict"] == "rounding"
+    text = {o["column"]: o for o in chain["onsets"]}
+    assert text["mlp/init"]["agreed"] and not text["mlp/train"]["agreed"]
+    assert text["mlp/train"]["text"] == (
+        "mlp/train: precision=float32: first not identical: tf-2.16 (rounding); never drifts; "
+        "precision=mixed_bfloat16: first not identical and first drift: tf-2.16 (drift)"
+    )
+
+
+def test_declared_chain_from_plan_json(tmp_path: Path) -> None:
+    ids = chain_cells(tmp_path)
+    plan = write_plan(tmp_path, ids, axes=["tensorflow", "precision"])
+    data = json.loads(plan.read_text())
+    data["chains"] = [
+        {
+            "axis": "tensorflow",
+            "values": ["2.12", "2.13", "2.14", "2.15"],
+            "at": {},
+            "contexts": {"precision": ["float32"]},
+        }
+    ]
+    plan.write_text(json.dumps(data))
+    build_report([tmp_path], generated_at=PINNED)
+    report = load_report(tmp_path / "report")
+    (chain,) = report["chains"]  # declared: no inferred twin for the same axis
+    assert chain["declared"] is True and [line["label"] for line in chain["lines"]] == [
+        "precision=float32"
+    ]
+    (line,) = chain["lines"]
+    forward = next(o for o in line["onsets"] if o["column"] == "mlp/forward")
+    assert (forward["first_change"], forward["first_drift"]) == ("2.14", "2.15")
+    steps = [(s["before"], s["after"]) for s in line["steps"]]
+    assert steps == [("2.12", "2.13"), ("2.13", "2.14"), ("2.14", "2.15")]
+    table = [{p["phase"]: p["verdict"] for p in s["phases"]} for s in line["steps"]]
+    assert [t["forward"] for t in table] == ["identical", "rounding", "drift"]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "### tensorflow: 2.12 → 2.13 → 2.14 → 2.15" in md and "Declared in the spec" in md
+    assert "| 2.14 → 2.15 | identical | drift (rel 1.0e-03) | identical | — |" in md
+
+
+def test_plan_json_records_chains_and_derived_axes(tmp_path: Path) -> None:
+    from matrix.execute.planfile import plan_file, read_plan
+    from matrix.plan.spec import load_spec
+    from matrix.plan.stacks import load_catalog
+    from matrix.plan.tasks import make_plan
+
+    spec_path = tmp_path / "chain.toml"
+    spec_path.write_text(
+        "[matrix]\n"
+        'reference = { stack = "tf-2.15", precision = "float32" }\n'
+        '[axes]\nstack = ["tf-2.15"]\n'
+        '[[chain]]\naxis = "stack"\nvalues = ["tf-2.15", "tf-2.16", "tf-2.21"]\n'
+        'contexts = { precision = ["float32", "mixed_bfloat16"] }\n'
+    )
+    catalog = load_catalog()
+    written = plan_file(make_plan(load_spec(spec_path, catalog), catalog))
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(written.to_json()))
+    read = read_plan(path)
+    assert read.chains == written.chains and len(read.chains) == 1
+    assert read.chains[0].values == ("tf-2.15", "tf-2.16", "tf-2.21")
+    assert dict(read.chains[0].contexts) == {"precision": ("float32", "mixed_bfloat16")}
+    assert "tensorflow" in (read.derived or ()) and "stack" not in (read.derived or ())
+    # a plan.json from before: nothing recorded, still readable
+    path.write_text(json.dumps({"cells": ["a"], "axes": ["v"], "reference": None}))
+    old = read_plan(path)
+    assert old.derived is None and old.chains == ()
+
+
+def test_any_two_cells_every_pair_and_phase(tmp_path: Path) -> None:
+    ids = planted_matrix(tmp_path)
+    report = make_findings([tmp_path], generated_at=PINNED)
+    pairs = report["pairs"]
+    assert pairs["cells"] == ids and pairs["skipped"] == []
+    table = {(p["column"], p["baseline"], p["candidate"]): p for p in pairs["phases"]}
+    data = {cid: arrays(tmp_path, cid) for cid in ids}
+    for i, j in itertools.combinations(range(len(ids)), 2):
+        a, b = data[ids[i]], data[ids[j]]  # the earlier cell is the baseline
+        for c, column in enumerate(pairs["columns"]):
+            entry = table[(column, pairs["digests"][i][c], pairs["digests"][j][c])]
+            keys = [k for k in a if k.startswith(column + "/")]
+            same = all(np.array_equal(a[k].view(np.int32), b[k].view(np.int32)) for k in keys)
+            assert (entry["verdict"] == "identical") == same
+            peak = max(float(np.max(np.abs(b[k].astype(np.float64) - a[k]))) for k in keys)
+            assert entry["max_abs"] == pytest.approx(peak, rel=1e-6, abs=1e-12)
+            assert entry["max_rel"] == pytest.approx(max(rel(b[k], a[k]) for k in keys), rel=1e-5)
+            shown = {t["key"] for t in entry["tensors"]}
+            assert shown == {
+                k for k in keys if not np.array_equal(a[k].view(np.int32), b[k].view(np.int32))
+            }
+            assert entry["identical_tensors"] == len(keys) - len(shown)
+    # one comparison per distinct content: init is the same everywhere
+    init = pairs["columns"].index("mlp/init")
+    assert {row[init] for row in pairs["digests"]} == {0}
+    assert len(pairs["phases"]) < len(ids) * (len(ids) - 1) // 2 * len(pairs["columns"])
+
+
+def test_any_two_cells_over_the_budget(tmp_path: Path) -> None:
+    from matrix.analysis.drift import DEFAULT_THRESHOLDS
+    from matrix.analysis.pairs import all_pairs
+    from matrix.results.artifacts import load_cell
+
+    ids = planted_matrix(tmp_path)
+    cells = [load_cell(tmp_path / cid) for cid in ids]
+    table = all_pairs(cells, thresholds=DEFAULT_THRESHOLDS, budget=0)
+    # init is bitwise equal in every cell: free; the others are left at "same or not"
+    assert table.skipped == ("mlp/forward", "mlp/train")
+    assert table.tensor_comparisons == 0
+    assert all(p.baseline == p.candidate for p in table.phases if p.column != "mlp/init")
+    # the digests still say exactly which cells hold the same tensors
+    train = table.columns.index("mlp/train")
+    same = {cid: row[train] for cid, row in zip(ids, table.digests, strict=True)}
+    assert same["tf2.15-cpu-float32"] == same["tf2.15-gpu-mixed_bfloat16"]
+    assert same["tf2.15-cpu-float32"] != same["tf2.16-cpu-float32"]
+
+
+def tolerance_cells(root: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Four cells with values near and at zero, so that atol and rtol both matter."""
+    x = np.array([0.0, 0.05, -0.02, 0.5, 1.5, 3.0], np.float32)
+    y = np.linspace(0.2, 2.0, 8, dtype=np.float32)
+    cells = {
+        "s1-f32": {"s/forward/x": x, "s/forward/y": y},
+        "s2-f32": {
+            "s/forward/x": (x + np.array([1e-7, 2e-8, -3e-8, 1e-6, -2e-6, 4e-6])).astype(
+                np.float32
+            ),
+            "s/forward/y": (y * np.float32(1 + 3e-6)).astype(np.float32),
+        },
+        "s3-f32": {"s/forward/x": (x * np.float32(1 - 5e-6)).astype(np.float32), "s/forward/y": y},
+        "s1-bf16": {"s/forward/x": x, "s/forward/y": bf16(y * np.float32(1 + 1e-3))},
+    }
+    for cid, t in cells.items():
+        stack, precision = cid.split("-")
+        t["reference/s/forward/y"] = np.linspace(0.2, 2.0, 8)  # the float64 oracle
+        write_cell(
+            root,
+            cid,
+            axes={
+                "stack": stack,
+                "precision": {"f32": "float32", "bf16": "mixed_bfloat16"}[precision],
+            },
+            tensors=t,
+            dtypes={"s/forward/y": "bfloat16"} if precision == "bf16" else None,
+        )
+    write_plan(root, list(cells), axes=["stack", "precision"], reference="s1-f32")
+    return cells
+
+
+def needed(actual: np.ndarray, desired: np.ndarray, small: float) -> tuple[float, float]:
+    """The documented split: atol over |desired| <= small, rtol over the rest."""
+    d = np.abs(actual.astype(np.float64) - desired.astype(np.float64))
+    mag = np.abs(desired.astype(np.float64))
+    near = mag <= small
+    atol = float(d[near].max()) if near.any() else 0.0
+    rtol = float((d[~near] / mag[~near]).max()) if (~near).any() else 0.0
+    return rtol, atol
+
+
+def test_portable_tolerances_pass_as_printed_and_recompute(tmp_path: Path) -> None:
+    cells = tolerance_cells(tmp_path)
+    build_report([tmp_path], generated_at=PINNED)
+    report = load_report(tmp_path / "report")
+    assert report["tolerance_axes"] == ["precision"]  # stack is an environment: spanned
+    found = {(t["label"], t["column"], t["dtype"], t["against"]): t for t in report["tolerances"]}
+    f32 = ["s1-f32", "s2-f32", "s3-f32"]
+    small = 1e-6 / 1e-5  # float32: rounding atol / rounding rtol
+
+    def check(
+        key: tuple[str, str, str, str], pairs: list[tuple[np.ndarray, np.ndarray]], small: float
+    ) -> None:
+        t = found[key]
+        rtol = max(needed(a, d, small)[0] for a, d in pairs)
+        atol = max(needed(a, d, small)[1] for a, d in pairs)
+        assert t["rtol"] == pytest.approx(rtol, rel=1e-5) and t["atol"] == pytest.approx(
+            atol, rel=1e-5
+        )
+        printed = re.search(r"rtol=([^,]+), atol=([^)]+)\)", t["line"])
+        assert printed is not None and t["line"].startswith("numpy.testing.assert_allclose(")
+        r, a = float(printed.group(1)), float(printed.group(2))
+        for actual, desired in pairs:
+            np.testing.assert_allclose(actual, desired, rtol=r, atol=a)
+        if rtol > 0:  # tight: half the rtol fails somewhere
+            with pytest.raises(AssertionError):
+                for actual, desired in pairs:
+                    np.testing.assert_allclose(actual, desired, rtol=rtol / 2, atol=atol)
+        if atol > 0:  # and atol is needed: without it, something fails
+            with pytest.raises(AssertionError):
+                for actual, desired in pairs:
+                    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=0)
+
+    ref = cells["s1-f32"]
+    x_pairs = [(cells[c]["s/forward/x"], ref["s/forward/x"]) for c in f32]
+    y_pairs = [(cells[c]["s/forward/y"], ref["s/forward/y"]) for c in f32]
+    check(("precision=float32", "s/forward", "float32", "reference"), x_pairs + y_pairs, small)
+    oracle = [(cells[c]["s/forward/y"], cells[c]["reference/s/forward/y"]) for c in f32]
+    check(("precision=float32", "s/forward", "float32", "oracle"), oracle, small)
+    assert found[("precision=float32", "s/forward", "float32", "reference")]["cells"] == f32
+    # bfloat16 under mixed precision: its own context and its own split
+    bf = cells["s1-bf16"]
+    check(
+        ("precision=mixed_bfloat16", "s/forward", "bfloat16", "reference"),
+        [(bf["s/forward/y"], ref["s/forward/y"])],
+        1e-3 / 3e-2,
+    )
+    assert found[("precision=mixed_bfloat16", "s/forward", "float32", "reference")]["rtol"] == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Portable tolerances, per context" in md
+    assert (
+        "### precision=float32 (3 cells)" in md and "### precision=mixed\\_bfloat16 (1 cell)" in md
+    )

@@ -32,6 +32,15 @@ Semantics, decided once here:
 * Two cells whose tensor **dtypes differ** (a float32 tensor vs its
   bfloat16 twin under mixed precision) are judged in the coarser dtype, and
   never better than rounding.
+* **allclose** numbers: an ``rtol``/``atol`` pair with which
+  ``numpy.testing.assert_allclose(candidate, baseline, rtol, atol)`` passes,
+  split where the dtype's rounding tolerance turns from absolute to
+  relative, ``|b| = rounding atol / rounding rtol`` ("small": 0.1 for
+  float32): ``allclose_atol`` is the largest ``|a - b|`` where ``|b|`` is at
+  most that, ``allclose_rtol`` the largest ``|a - b| / |b|`` above it (0
+  where there is no such element).  Each element then passes
+  ``|a - b| <= atol + rtol * |b|``.  NaN or Inf on one side only leaves no
+  finite pair (both are infinite).
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ Arr = npt.NDArray[Any]
 __all__ = [
     "TensorComparison",
     "WorstElement",
+    "allclose_split",
     "bfloat16_round",
     "compare_tensors",
     "missing_comparison",
@@ -116,6 +126,9 @@ class TensorComparison:
     outside_divergent: int
     nonfinite_mismatch: int
     worst: tuple[WorstElement, ...]
+    # the tightest numpy.testing.assert_allclose pair (see the module docstring)
+    allclose_rtol: float = math.nan
+    allclose_atol: float = math.nan
 
     @property
     def fraction_outside(self) -> float:
@@ -235,6 +248,8 @@ class _Accumulator:
         self.max_abs = 0.0
         self.max_rel = 0.0
         self.max_ulp = 0.0
+        self.allclose_rtol = 0.0
+        self.allclose_atol = 0.0
         self.outside_rounding = 0
         self.outside_divergent = 0
         self.nonfinite_mismatch = 0
@@ -245,6 +260,8 @@ class _Accumulator:
 
     def threshold(self) -> float:
         """Score an element must beat to enter the worst list (0: equal never does)."""
+        if self.top_k == 0:  # no list kept: nothing enters
+            return math.inf
         if len(self.worst) < self.top_k:
             return 0.0
         return self.worst[-1][0]
@@ -257,6 +274,8 @@ class _Accumulator:
         b: Arr,
     ) -> None:
         """Consider elements (already above the threshold) for the worst list."""
+        if self.top_k == 0:
+            return
         if positions.size > 4 * self.top_k:
             kth = np.partition(scores, -self.top_k)[-self.top_k]
             keep = scores >= kth
@@ -375,6 +394,8 @@ def compare_tensors(
             outside_divergent=acc.outside_divergent if acc else 0,
             nonfinite_mismatch=acc.nonfinite_mismatch if acc else 0,
             worst=_worst_elements(acc, shape_a, plan) if acc else (),
+            allclose_rtol=_allclose(acc, "allclose_rtol"),
+            allclose_atol=_allclose(acc, "allclose_atol"),
         )
 
     if shape_a != shape_b:
@@ -416,6 +437,23 @@ def compare_tensors(
     if acc.max_abs == 0.0:
         return result(DriftClass.ROUNDING, "equal up to the sign of zero", acc)
     return result(DriftClass.ROUNDING, "within rounding tolerance", acc)
+
+
+def allclose_split(th: Thresholds) -> float:
+    """The |baseline| at and below which the allclose numbers use absolute error."""
+    if th.rounding_rtol > 0:
+        return th.rounding_atol / th.rounding_rtol
+    return th.rounding_atol
+
+
+def _allclose(acc: _Accumulator | None, attr: str) -> float:
+    """No tolerance passes NaN/Inf on one side: infinite; none measured: NaN."""
+    if acc is None:
+        return math.nan
+    if acc.nonfinite_mismatch:
+        return math.inf
+    value: float = getattr(acc, attr)
+    return value
 
 
 def _small_and_bitwise_equal(src_a: ChunkSource, src_b: ChunkSource, plan: _PairTreatment) -> bool:
@@ -532,6 +570,13 @@ def _fold_finite(
     # exact zero is an honest infinity.
     np.divide(diff, mag, out=tmp)
     acc.max_rel = max(acc.max_rel, float(np.fmax.reduce(tmp)))
+    # The assert_allclose split: absolute error where the rounding tolerance
+    # is mostly absolute (near zero relative error says nothing: any change
+    # of an exact zero is infinitely relative), relative error above.
+    tiny = np.less_equal(mag, allclose_split(th), out=ws.flags[:n])
+    acc.allclose_atol = max(acc.allclose_atol, float(np.max(diff, where=tiny, initial=0.0)))
+    np.logical_not(tiny, out=tiny)
+    acc.allclose_rtol = max(acc.allclose_rtol, float(np.fmax.reduce(tmp, where=tiny, initial=0.0)))
     # score = |error| / (atol + rtol*|b|): > 1 means outside rounding.  A zero
     # tolerance (integers, exact zeros) makes 0/0 NaN, never chosen, and any
     # real difference infinite.

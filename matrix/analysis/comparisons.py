@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from matrix.analysis.compare import TensorComparison, compare_tensors, missing_comparison
+from matrix.analysis.compare import TOP_K, TensorComparison, compare_tensors, missing_comparison
 from matrix.analysis.drift import DriftClass, Thresholds, thresholds_for, worst
 from matrix.analysis.localize import Localisation, localize
 from matrix.errors import ArtifactError
@@ -25,7 +25,9 @@ __all__ = [
     "CellComparison",
     "Comparator",
     "PhaseResult",
+    "cell_columns",
     "compare_cells",
+    "compare_phase",
     "compare_with_oracle",
     "merge_repeats",
     "phase_sort_key",
@@ -143,66 +145,89 @@ def compare_cells(
     thresholds: Mapping[str, Thresholds],
 ) -> tuple[PhaseResult, ...]:
     """Compare every phase of two cells, tensor by tensor."""
-    cand_phases = _phases_of(candidate)
-    base_phases = _phases_of(baseline)
-    scenarios = sorted(
-        set(_scenario_phases(candidate))
-        | set(_scenario_phases(baseline))
-        | set(candidate.scenarios)
-        | set(baseline.scenarios)
+    return tuple(
+        compare_phase(candidate, baseline, scenario, phase, thresholds=thresholds)
+        for scenario, phase in cell_columns(candidate, baseline)
     )
-    results: list[PhaseResult] = []
-    for scenario in scenarios:
-        # A declared phase with no tensors on either side is only worth a
-        # column when it failed; an ok phase that writes nothing (a summary
-        # kept in data) has nothing to compare.
-        declared: set[str] = set()
-        varying: set[str] = set()
-        for cell in (candidate, baseline):
+
+
+def cell_columns(*cells: CellArtifact) -> list[tuple[str, str]]:
+    """The scenario/phase columns a comparison of ``cells`` has, in reading order.
+
+    A declared phase with no tensors on either side is only worth a column
+    when it failed; an ok phase that writes nothing (a summary kept in data)
+    has nothing to compare.  A scenario with no phase at all gets ``run``.
+    """
+    scenarios: set[str] = set()
+    for cell in cells:
+        scenarios |= set(_scenario_phases(cell)) | set(cell.scenarios)
+    out: list[tuple[str, str]] = []
+    for scenario in sorted(scenarios):
+        phases: set[str] = set()
+        for cell in cells:
+            phases |= {p for s, p in _phases_of(cell) if s == scenario}
             record = cell.scenarios.get(scenario)
             if record is not None:
-                declared |= {p for p, (status, _err) in record.phases.items() if status != "ok"}
-                varying |= record.varying_phases
-        phases = sorted(
-            {p for s, p in cand_phases if s == scenario}
-            | {p for s, p in base_phases if s == scenario}
-            | declared,
-            key=lambda p: phase_sort_key((scenario, p)),
+                phases |= {p for p, (status, _err) in record.phases.items() if status != "ok"}
+        ordered = sorted(phases, key=lambda p: phase_sort_key((scenario, p)))
+        out += [(scenario, p) for p in ordered or ["run"]]
+    return out
+
+
+def compare_phase(
+    candidate: CellArtifact,
+    baseline: CellArtifact,
+    scenario: str,
+    phase: str,
+    *,
+    thresholds: Mapping[str, Thresholds],
+    top_k: int = TOP_K,
+) -> PhaseResult:
+    """Compare one scenario/phase of two cells (what :func:`compare_cells` does per column).
+
+    ``top_k``: how many worst elements each tensor keeps (0: none, and faster).
+    """
+    varies = any(
+        phase in record.varying_phases
+        for record in (candidate.scenarios.get(scenario), baseline.scenarios.get(scenario))
+        if record is not None
+    )
+    cand_keys = _phases_of(candidate).get((scenario, phase), ())
+    base_keys = _phases_of(baseline).get((scenario, phase), ())
+    cand_block = _status_verdict(candidate, scenario, phase, "candidate", bool(cand_keys))
+    base_block = _status_verdict(baseline, scenario, phase, "baseline", bool(base_keys))
+    blocked = cand_block or base_block
+    if blocked is not None:
+        cls, reason = blocked
+        both = (
+            cand_block is not None
+            and base_block is not None
+            and cand_block[0] is DriftClass.FAILED
+            and base_block[0] is DriftClass.FAILED
         )
-        for phase in phases or ["run"]:
-            cand_keys = cand_phases.get((scenario, phase), ())
-            base_keys = base_phases.get((scenario, phase), ())
-            cand_block = _status_verdict(candidate, scenario, phase, "candidate", bool(cand_keys))
-            base_block = _status_verdict(baseline, scenario, phase, "baseline", bool(base_keys))
-            blocked = cand_block or base_block
-            if blocked is not None:
-                cls, reason = blocked
-                both = (
-                    cand_block is not None
-                    and base_block is not None
-                    and cand_block[0] is DriftClass.FAILED
-                    and base_block[0] is DriftClass.FAILED
-                )
-                result = PhaseResult(
-                    scenario=scenario,
-                    phase=phase,
-                    verdict=cls,
-                    reason=reason,
-                    tensors=(),
-                    failed_both=both,
-                )
-            else:
-                keys = sorted(set(cand_keys) | set(base_keys))
-                tensors = tuple(
-                    (key, _compare_key(candidate, baseline, key, thresholds)) for key in keys
-                )
-                result = _phase_result(scenario, phase, tensors)
-            results.append(replace(result, varies=True) if phase in varying else result)
-    return tuple(results)
+        result = PhaseResult(
+            scenario=scenario,
+            phase=phase,
+            verdict=cls,
+            reason=reason,
+            tensors=(),
+            failed_both=both,
+        )
+    else:
+        keys = sorted(set(cand_keys) | set(base_keys))
+        tensors = tuple(
+            (key, _compare_key(candidate, baseline, key, thresholds, top_k)) for key in keys
+        )
+        result = _phase_result(scenario, phase, tensors)
+    return replace(result, varies=True) if varies else result
 
 
 def _compare_key(
-    candidate: CellArtifact, baseline: CellArtifact, key: str, thresholds: Mapping[str, Thresholds]
+    candidate: CellArtifact,
+    baseline: CellArtifact,
+    key: str,
+    thresholds: Mapping[str, Thresholds],
+    top_k: int = TOP_K,
 ) -> TensorComparison:
     a, b = candidate.tensors.get(key), baseline.tensors.get(key)
     if a is None or b is None:
@@ -226,6 +251,7 @@ def _compare_key(
             dtype=dtype_a,
             baseline_dtype=dtype_b,
             thresholds=thresholds_for(_coarser(dtype_a, dtype_b), thresholds),
+            top_k=top_k,
         )
     except _READ_ERRORS as exc:
         return unreadable_comparison(a.dtype, a.shape, exc)

@@ -2,30 +2,38 @@
 
 One dataclass per object of ``report.json`` (``matrix/report/report.schema.json``
 describes the same shape), built here from the analysis (comparisons
-against the reference cell, against the float64 oracles, across repeats,
-attribution per axis, localisation); the exit policy is in
+against the reference cell, against the float64 oracles, across repeats;
+attribution per axis and context, upgrade chains, the all-pairs digest
+table, portable tolerances, localisation); the exit policy is in
 :mod:`matrix.analysis.gate`. Renderers read these objects, so mypy checks
 every field they use; :mod:`matrix.report.serialize` turns them into JSON.
 
 Numbers stay floats here (NaN where there is none, infinities as they are);
-the serialiser writes NaN as null and infinities as "inf"/"-inf".
+the serialiser writes NaN as null and infinities as "inf"/"-inf".  Every
+number a renderer shows is one of these fields, merged ones included (the
+largest over contexts whose verdicts agree is kept as its own field).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from matrix import __version__
 from matrix.analysis.attribute import (
+    LISTED_CONTEXTS,
+    Agreement,
     AxisChange,
+    AxisEffect,
     PhaseSummary,
     attribute,
-    axis_value_key,
-    axis_verdicts,
-    format_value,
+    axis_effects,
+    effect_text,
+    merge_summaries,
 )
+from matrix.analysis.chains import Chain, ChainLine, Onset, chain_lines, inferred_chains
 from matrix.analysis.compare import TensorComparison
 from matrix.analysis.comparisons import (
     ORACLE,
@@ -36,7 +44,18 @@ from matrix.analysis.comparisons import (
     compare_with_oracle,
     merge_repeats,
 )
-from matrix.analysis.drift import DriftClass, Thresholds
+from matrix.analysis.context import (
+    AxisValue,
+    Context,
+    axis_value_key,
+    context_key,
+    context_label,
+    describe,
+    distinguishing_axes,
+    format_value,
+    varying_axes,
+)
+from matrix.analysis.drift import DriftClass, Thresholds, worst
 from matrix.analysis.gate import (
     GATED_KINDS,
     Problem,
@@ -47,23 +66,33 @@ from matrix.analysis.gate import (
     summarise,
 )
 from matrix.analysis.localize import LayerFinding, Localisation
+from matrix.analysis.pairs import PAIR_BUDGET, PairTable, all_pairs
+from matrix.analysis.tolerances import Tolerance, portable_tolerances, tolerance_axes
 from matrix.execute.planfile import PlanFile
+from matrix.plan.cells import derived_when_unrecorded
 from matrix.results.artifacts import CellArtifact
+from scenarios.contract import AXES
 
 __all__ = [
     "REPORT_SCHEMA_ID",
     "REPORT_SCHEMA_VERSION",
     "AttributionRow",
+    "AxisEffectFinding",
     "CellFinding",
+    "ChainFinding",
     "ComparisonFinding",
+    "ContextEffect",
     "Findings",
+    "PairsFinding",
     "PhaseFinding",
     "Summary",
+    "ToleranceFinding",
     "build_findings",
+    "pairs_finding",
 ]
 
 REPORT_SCHEMA_ID = "keras-repro-matrix/report"
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
 
 
 # ---- the model -------------------------------------------------------------------
@@ -170,6 +199,9 @@ class TensorFinding:
     nonfinite_mismatch: int
     fraction_outside: float
     worst: tuple[WorstFinding, ...]
+    # the assert_allclose pair this tensor needs (see matrix.analysis.compare)
+    allclose_rtol: float
+    allclose_atol: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,17 +257,200 @@ class PhaseEffect:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ContextEffect:
+    """A change of one axis in one context: the pair(s) behind it and what it did."""
+
+    context: Mapping[str, str]  # every context axis -> its value here
+    label: str  # the values that tell this context from the change's others
+    verdict: str  # the worst over the phases, in this context
+    pairs: tuple[
+        tuple[str, str], ...
+    ]  # (baseline cell, candidate cell); per column: "axis" comparisons
+    phases: tuple[PhaseEffect, ...]
+    first_layers: tuple[str, ...]
+    expected_to_vary: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContextGroup:
+    """Contexts in which a change gave every phase the same verdict (each context
+    alone when a change has only a few): what the tables show, one column each."""
+
+    label: str  # 'precision=mixed_float16 or mixed_bfloat16', or one context's label
+    contexts: tuple[str, ...]  # the labels of its contexts
+    verdict: str
+    phases: tuple[PhaseEffect, ...]  # the shared verdicts; the largest numbers of the group
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhaseAgreement:
+    """One phase of a change across its contexts: said once only where they agree."""
+
+    phase: str
+    agreed: str | None  # the verdict of every context; None: they differ
+    max_abs: float  # over the contexts, only when they agree (else NaN)
+    max_rel: float
+    max_ulp: float
+    text: str  # 'train: precision=float32: rounding (9 ULP); precision=...: drift (rel 8.8e-03)'
+
+
+@dataclass(frozen=True, kw_only=True)
 class AttributionRow:
     axis: str
     before: str
     after: str
+    context_axes: tuple[str, ...]  # the axes whose values make a context
+    label_axes: tuple[str, ...]  # those that differ among this change's contexts
+    common: Mapping[str, str]  # context values every one of its contexts shares
+    verdict: str | None  # the same worst verdict in every context; None: it depends
+    groups: tuple[ContextGroup, ...]
+    head: str  # 'stack tf-2.15 -> tf-2.16 (3 contexts; onednn=default in all)'
+    summary: str  # the head, then every phase: once where contexts agree, else per context
+    contexts: tuple[ContextEffect, ...]
+    phases: tuple[PhaseAgreement, ...]
+    columns: tuple[PhaseAgreement, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContextVerdict:
+    context: Mapping[str, str]
+    label: str
     verdict: str
-    summary: str
-    pairs: tuple[tuple[str, str], ...]
-    phases: tuple[PhaseEffect, ...]
-    columns: tuple[PhaseEffect, ...]
-    first_layers: tuple[str, ...]
-    expected_to_vary: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupVerdict:
+    label: str
+    verdict: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AxisEffectFinding:
+    """The worst any change of one axis did, per context."""
+
+    axis: str
+    verdict: str | None  # the same in every context; None: it depends on the context
+    groups: tuple[GroupVerdict, ...]  # contexts with the same verdict, named briefly
+    contexts: tuple[ContextVerdict, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainStepFinding:
+    before: str
+    after: str
+    baseline: str
+    candidate: str
+    phases: tuple[PhaseEffect, ...]  # the main phases, worst over scenarios
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnsetFinding:
+    column: str
+    first_change: str | None  # the first release not bitwise identical to the previous one
+    change_verdict: str | None
+    first_drift: str | None  # the first release that drifts (or worse) from the previous one
+    drift_verdict: str | None
+    not_compared: tuple[str, ...]  # releases where the phase failed, is missing or n/a
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainLineFinding:
+    context: Mapping[str, str]
+    label: str
+    cells: tuple[str, ...]
+    steps: tuple[ChainStepFinding, ...]
+    onsets: tuple[OnsetFinding, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnsetAgreement:
+    column: str
+    agreed: bool  # the same onsets in every context
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainStepGroup:
+    before: str
+    after: str
+    phases: tuple[PhaseEffect, ...]  # the shared verdicts; the largest numbers of the group
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainGroup:
+    label: str
+    contexts: tuple[str, ...]
+    steps: tuple[ChainStepGroup, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainFinding:
+    axis: str
+    values: tuple[str, ...]
+    declared: bool  # the spec's [[chain]]; False: read from version-like values in plan order
+    at: Mapping[str, str]
+    context_axes: tuple[str, ...]
+    label_axes: tuple[str, ...]
+    lines: tuple[ChainLineFinding, ...]
+    onsets: tuple[OnsetAgreement, ...]
+    groups: tuple[ChainGroup, ...]  # lines whose steps all agree, merged (beyond a few)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairTensorFinding:
+    key: str
+    verdict: str
+    dtype: str
+    max_abs: float
+    max_rel: float
+    max_ulp: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairPhaseFinding:
+    """Two digests of one column compared (``baseline`` the earlier cell's)."""
+
+    column: str
+    baseline: int
+    candidate: int
+    verdict: str
+    reason: str
+    max_abs: float
+    max_rel: float
+    max_ulp: float
+    expected_to_vary: bool
+    identical_tensors: int  # tensors bitwise equal, left out of ``tensors``
+    tensors: tuple[PairTensorFinding, ...]  # the others
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairsFinding:
+    """Any two cells: per cell and column a digest id; per digest pair a comparison."""
+
+    cells: tuple[str, ...]
+    columns: tuple[str, ...]
+    digests: tuple[tuple[int, ...], ...]
+    phases: tuple[PairPhaseFinding, ...]
+    skipped: tuple[str, ...]
+    budget: int
+    tensor_comparisons: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToleranceFinding:
+    against: str  # reference | oracle
+    baseline: str
+    column: str
+    dtype: str
+    context: Mapping[str, str]
+    label: str
+    rtol: float
+    atol: float
+    verdict: str  # the worst tensor verdict the tolerance had to absorb
+    line: str
+    cells: tuple[str, ...]
+    tensors: int
+    not_compared: tuple[str, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,6 +463,9 @@ class Findings:
     reference: ReferenceChoice
     axes: tuple[str, ...]
     axis_values: Mapping[str, tuple[str, ...]]
+    derived_axes: tuple[str, ...]
+    context_axes: tuple[str, ...]
+    tolerance_axes: tuple[str, ...]
     thresholds: Mapping[str, Mapping[str, float]]
     classes: tuple[ClassInfo, ...]
     gate: Gate
@@ -257,7 +475,10 @@ class Findings:
     cells: tuple[CellFinding, ...]
     comparisons: tuple[ComparisonFinding, ...]
     attribution: tuple[AttributionRow, ...]
-    axis_verdicts: Mapping[str, str]
+    axis_effects: tuple[AxisEffectFinding, ...]
+    chains: tuple[ChainFinding, ...]
+    tolerances: tuple[ToleranceFinding, ...]
+    pairs: PairsFinding
 
     def comparisons_of(self, kind: str) -> list[ComparisonFinding]:
         return [c for c in self.comparisons if c.kind == kind]
@@ -300,15 +521,33 @@ def build_findings(
     repeat_comparisons, determinism = _repeat_comparisons(cells, repeats, thresholds)
     comparisons += repeat_comparisons
 
-    axes = tuple(plan.axes) or tuple(sorted({a for c in cells for a in c.axes}))
-    attribution = attribute([c for c in cells if not c.missing], axes, analysis.compare)
+    # Every axis the cells carry, the plan's first and in its order: axes
+    # added later (a machine merged from several hosts) join attribution as they are.
+    carried = sorted({a for c in cells for a in c.axes} - set(plan.axes))
+    axes = (*plan.axes, *carried)
+    present = [c for c in cells if not c.missing]
+    varying = varying_axes(present, axes)
+    derived = plan.derived if plan.derived is not None else derived_when_unrecorded(varying)
+    context_axes = tuple(a for a in varying if a not in derived)
+    attribution = attribute(present, context_axes, analysis.compare, context_axes)
     for row in attribution:
         comparisons += [
             CellComparison(
                 kind="axis", candidate=high, baseline=low, phases=analysis.memo[(high, low)]
             )
-            for low, high in row.pairs
+            for change in row.contexts
+            for low, high in change.pairs
         ]
+    records = [(c, True) for c in plan.chains]
+    records += [(c, False) for c in inferred_chains(present, context_axes, plan.chains)]
+    chains = [
+        chain_lines(present, record, context_axes, analysis.compare, declared=declared)
+        for record, declared in records
+    ]
+    roles = {a.name: a.selects for a in AXES}
+    tol_axes = tolerance_axes(context_axes, roles)
+    tolerances = portable_tolerances(comparisons, present, tol_axes, context_key(present, tol_axes))
+    pairs = all_pairs(cells, thresholds=thresholds, budget=PAIR_BUDGET)
 
     all_problems = [*problems, *_cell_problems(cells, repeats)]
     gated = gate_matches(comparisons, fail_on)
@@ -331,6 +570,9 @@ def build_findings(
             )
             for axis in axes
         },
+        derived_axes=tuple(a for a in derived if a in axes),
+        context_axes=context_axes,
+        tolerance_axes=tol_axes,
         thresholds={dt: th.as_dict() for dt, th in sorted(thresholds.items())},
         classes=tuple(
             ClassInfo(name=cls.value, rank=cls.rank, description=cls.description)
@@ -349,7 +591,10 @@ def build_findings(
         ),
         comparisons=tuple(_comparison(c) for c in comparisons),
         attribution=tuple(_attribution(row) for row in attribution),
-        axis_verdicts={a: v.value for a, v in sorted(axis_verdicts(attribution).items())},
+        axis_effects=tuple(_axis_effect(e) for e in axis_effects(attribution)),
+        chains=tuple(_chain(c) for c in chains if c.lines),
+        tolerances=tuple(_tolerance(t) for t in tolerances),
+        pairs=pairs_finding(pairs),
     )
 
 
@@ -545,31 +790,283 @@ def _tensor(key: str, c: TensorComparison) -> TensorFinding:
             )
             for w in c.worst
         ),
+        allclose_rtol=c.allclose_rtol,
+        allclose_atol=c.allclose_atol,
     )
 
 
-def _attribution(row: AxisChange) -> AttributionRow:
-    def effects(items: Sequence[PhaseSummary]) -> tuple[PhaseEffect, ...]:
-        return tuple(
-            PhaseEffect(
-                phase=s.phase,
-                verdict=s.verdict.value,
-                max_abs=s.max_abs,
-                max_rel=s.max_rel,
-                max_ulp=s.max_ulp,
-            )
-            for s in items
-        )
+def _context(context: Context) -> dict[str, str]:
+    return {axis: format_value(value) for axis, value in context}
 
+
+def _effects(items: Sequence[PhaseSummary]) -> tuple[PhaseEffect, ...]:
+    return tuple(
+        PhaseEffect(
+            phase=s.phase,
+            verdict=s.verdict.value,
+            max_abs=s.max_abs,
+            max_rel=s.max_rel,
+            max_ulp=s.max_ulp,
+        )
+        for s in items
+    )
+
+
+def _agreements(row: AxisChange, items: Sequence[Agreement]) -> tuple[PhaseAgreement, ...]:
+    out = []
+    for item in items:
+        peak = item.peak
+        out.append(
+            PhaseAgreement(
+                phase=item.phase,
+                agreed=item.agreed.value if item.agreed is not None else None,
+                max_abs=peak.max_abs if peak else math.nan,
+                max_rel=peak.max_rel if peak else math.nan,
+                max_ulp=peak.max_ulp if peak else math.nan,
+                text=effect_text(item, row.describe),
+            )
+        )
+    return tuple(out)
+
+
+def _attribution(row: AxisChange) -> AttributionRow:
+    verdict = row.verdict
     return AttributionRow(
         axis=row.axis,
         before=format_value(row.before),
         after=format_value(row.after),
-        verdict=row.verdict.value,
+        context_axes=row.context_axes,
+        label_axes=row.label_axes,
+        common=dict(row.common),
+        verdict=verdict.value if verdict is not None else None,
+        groups=tuple(
+            ContextGroup(
+                label=row.describe(g.contexts),
+                contexts=tuple(row.label(c) or context_label(c) for c in g.contexts),
+                verdict=worst(p.verdict for p in g.phases).value,
+                phases=_effects(g.phases),
+            )
+            for g in row.groups
+        ),
+        head=row.head,
         summary=row.summary,
-        pairs=row.pairs,
-        phases=effects(row.phases),
-        columns=effects(row.columns),
-        first_layers=row.first_layers,
-        expected_to_vary=row.varying,
+        contexts=tuple(
+            ContextEffect(
+                context=_context(c.context),
+                label=row.label(c.context) or context_label(c.context),
+                verdict=c.verdict.value,
+                pairs=c.pairs,
+                phases=_effects(c.phases),
+                first_layers=c.first_layers,
+                expected_to_vary=c.varying,
+            )
+            for c in row.contexts
+        ),
+        phases=_agreements(row, row.phases),
+        columns=_agreements(row, row.columns),
+    )
+
+
+def _axis_effect(effect: AxisEffect) -> AxisEffectFinding:
+    names = effect.label_axes
+    return AxisEffectFinding(
+        axis=effect.axis,
+        verdict=effect.agreed.value if effect.agreed is not None else None,
+        groups=tuple(GroupVerdict(label=label, verdict=v.value) for label, v in effect.groups),
+        contexts=tuple(
+            ContextVerdict(
+                context=_context(c),
+                label=context_label(c, names) or context_label(c),
+                verdict=v.value,
+            )
+            for c, v in effect.per_context
+        ),
+    )
+
+
+def _onset(o: Onset) -> OnsetFinding:
+    def shown(value: AxisValue) -> str | None:
+        return None if value is None else format_value(value)
+
+    return OnsetFinding(
+        column=o.column,
+        first_change=shown(o.first_change),
+        change_verdict=o.change_verdict.value if o.change_verdict else None,
+        first_drift=shown(o.first_drift),
+        drift_verdict=o.drift_verdict.value if o.drift_verdict else None,
+        not_compared=tuple(format_value(v) for v in o.not_compared),
+    )
+
+
+def onset_text(o: OnsetFinding) -> str:
+    """'first not identical: tf-2.16 (rounding); first drift: tf-2.21 (drift)', or the like."""
+    if o.first_change is None:
+        text = "bitwise identical at every step"
+    else:
+        text = f"first not identical: {o.first_change} ({o.change_verdict})"
+        if o.first_drift is None:
+            text += "; never drifts"
+        elif o.first_drift == o.first_change:
+            text = f"first not identical and first drift: {o.first_drift} ({o.drift_verdict})"
+        else:
+            text += f"; first drift: {o.first_drift} ({o.drift_verdict})"
+    if o.not_compared:
+        text += f"; not compared at {', '.join(o.not_compared)}"
+    return text
+
+
+def _chain(chain: Chain) -> ChainFinding:
+    names = distinguishing_axes(line.context for line in chain.lines)
+    lines = tuple(_line(line, names) for line in chain.lines)
+    columns: list[str] = []
+    for line in lines:
+        columns += [o.column for o in line.onsets if o.column not in columns]
+    onsets = []
+    for column in columns:
+        per = [
+            (line.label, next((o for o in line.onsets if o.column == column), None))
+            for line in lines
+        ]
+        texts = [(label, onset_text(o) if o else "not compared") for label, o in per]
+        distinct = {t for _, t in texts}
+        if len(distinct) == 1:
+            every = "in every context" if len(texts) > 1 else "in its only context"
+            text = f"{column}: {texts[0][1]} ({every})"
+        else:
+            text = f"{column}: " + "; ".join(f"{label}: {t}" for label, t in texts)
+        onsets.append(OnsetAgreement(column=column, agreed=len(distinct) == 1, text=text))
+    return ChainFinding(
+        groups=_chain_groups(chain, names),
+        axis=chain.axis,
+        values=tuple(format_value(v) for v in chain.values),
+        declared=chain.declared,
+        at={a: format_value(v) for a, v in chain.at.items()},
+        context_axes=chain.context_axes,
+        label_axes=names,
+        lines=lines,
+        onsets=tuple(onsets),
+    )
+
+
+def _chain_groups(chain: Chain, names: Sequence[str]) -> tuple[ChainGroup, ...]:
+    """Lines merged where every step gave every main phase the same verdict
+    (each line alone when there are only a few)."""
+    universe = [line.context for line in chain.lines]
+    found: dict[tuple[object, ...], list[ChainLine]] = {}
+    for n, line in enumerate(chain.lines):
+        profile = tuple(
+            (s.before, s.after, tuple((p.phase, p.verdict) for p in s.phases)) for s in line.steps
+        )
+        found.setdefault(profile if len(universe) > LISTED_CONTEXTS else (n,), []).append(line)
+    out = []
+    for members in found.values():
+        contexts = [m.context for m in members]
+        label = (
+            context_label(contexts[0], names) or context_label(contexts[0]) or "every cell"
+            if len(contexts) == 1
+            else describe(contexts, universe, names)
+        )
+        steps = []
+        for k, step in enumerate(members[0].steps):
+            same = [p for m in members for p in m.steps[k].phases]
+            steps.append(
+                ChainStepGroup(
+                    before=format_value(step.before),
+                    after=format_value(step.after),
+                    phases=_effects(
+                        [
+                            merge_summaries(
+                                p.phase, p.verdict, [q for q in same if q.phase == p.phase]
+                            )
+                            for p in step.phases
+                        ]
+                    ),
+                )
+            )
+        out.append(
+            ChainGroup(
+                label=label,
+                contexts=tuple(context_label(c, names) or context_label(c) for c in contexts),
+                steps=tuple(steps),
+            )
+        )
+    return tuple(out)
+
+
+def _line(line: ChainLine, names: Sequence[str]) -> ChainLineFinding:
+    return ChainLineFinding(
+        context=_context(line.context),
+        label=context_label(line.context, names) or context_label(line.context) or "every cell",
+        cells=line.cells,
+        steps=tuple(
+            ChainStepFinding(
+                before=format_value(s.before),
+                after=format_value(s.after),
+                baseline=s.baseline,
+                candidate=s.candidate,
+                phases=_effects(s.phases),
+            )
+            for s in line.steps
+        ),
+        onsets=tuple(_onset(o) for o in line.onsets),
+    )
+
+
+def _tolerance(t: Tolerance) -> ToleranceFinding:
+    return ToleranceFinding(
+        against=t.against,
+        baseline=t.baseline,
+        column=t.column,
+        dtype=t.dtype,
+        context=_context(t.context),
+        label=context_label(t.context) or "every cell",
+        rtol=t.rtol,
+        atol=t.atol,
+        verdict=t.verdict.value,
+        line=t.line,
+        cells=t.cells,
+        tensors=t.tensors,
+        not_compared=t.not_compared,
+    )
+
+
+def pairs_finding(table: PairTable) -> PairsFinding:
+    """The all-pairs table as report.json holds it: per-tensor rows only where not identical."""
+    phases = []
+    for entry in table.phases:
+        p = entry.result
+        kept = [(k, c) for k, c in p.tensors if c.verdict is not DriftClass.IDENTICAL]
+        phases.append(
+            PairPhaseFinding(
+                column=entry.column,
+                baseline=entry.baseline,
+                candidate=entry.candidate,
+                verdict=p.verdict.value,
+                reason=p.reason,
+                max_abs=p.peak("max_abs"),
+                max_rel=p.peak("max_rel"),
+                max_ulp=p.peak("max_ulp"),
+                expected_to_vary=p.varies,
+                identical_tensors=len(p.tensors) - len(kept),
+                tensors=tuple(
+                    PairTensorFinding(
+                        key=k,
+                        verdict=c.verdict.value,
+                        dtype=c.dtype,
+                        max_abs=c.max_abs,
+                        max_rel=c.max_rel,
+                        max_ulp=c.max_ulp,
+                    )
+                    for k, c in kept
+                ),
+            )
+        )
+    return PairsFinding(
+        cells=table.cells,
+        columns=table.columns,
+        digests=table.digests,
+        phases=tuple(phases),
+        skipped=table.skipped,
+        budget=table.budget,
+        tensor_comparisons=table.tensor_comparisons,
     )

@@ -2,9 +2,13 @@
 
 The cells the spec expanded to (in spec order, so the report lists cells and
 orders axis values as the spec did, and names planned cells that never
-produced a directory), the axes, the reference cell, the repeats and the
-tolerances. The scheduler writes it; the report reads it, merging the
-plan.json of every shard it is given.
+produced a directory), the axes, the derived axes (those a named stack
+implies: never attributed, never part of a context), the upgrade chains,
+the reference cell, the repeats and the tolerances. The scheduler writes it;
+the report reads it, merging the plan.json of every shard it is given.
+
+A plan.json written before ``derived_axes`` and ``chains`` existed reads as
+"not recorded" (None) and "no chain".
 """
 
 from __future__ import annotations
@@ -18,12 +22,42 @@ from pathlib import Path
 from typing import Any
 
 from matrix.errors import ArtifactError
+from matrix.plan.cells import derived_axes
+from matrix.plan.spec import Spec
 from matrix.plan.tasks import RunPlan
-from scenarios.contract import AXES, PLAN
+from scenarios.contract import AXES, PLAN, AxisValue
 
-__all__ = ["PlanFile", "atomic_write", "merge_plans", "plan_file", "read_plan", "write_plan"]
+__all__ = [
+    "ChainRecord",
+    "PlanFile",
+    "atomic_write",
+    "merge_plans",
+    "plan_file",
+    "read_plan",
+    "write_plan",
+]
 
 _MAX_BYTES = 16 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainRecord:
+    """An upgrade chain as the report needs it: ``axis`` through ``values`` in
+    order, the other axes held at ``at`` (the spec's reference, then the
+    chain's own ``at``), repeated in each combination of ``contexts``."""
+
+    axis: str
+    values: tuple[AxisValue, ...]
+    at: Mapping[str, AxisValue] = field(default_factory=dict)
+    contexts: Mapping[str, tuple[AxisValue, ...]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "axis": self.axis,
+            "values": list(self.values),
+            "at": dict(self.at),
+            "contexts": {k: list(v) for k, v in self.contexts.items()},
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +66,9 @@ class PlanFile:
     reference: str | None = None
     tolerances: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     axes: tuple[str, ...] = ()
+    #: None: a plan.json from before they were recorded (the report infers them)
+    derived: tuple[str, ...] | None = None
+    chains: tuple[ChainRecord, ...] = ()
     spec: str | None = None
     name: str | None = None
     repeats: int | None = None
@@ -43,6 +80,8 @@ class PlanFile:
             "name": self.name,
             "cells": list(self.cells),
             "axes": list(self.axes),
+            "derived_axes": list(self.derived) if self.derived is not None else None,
+            "chains": [c.to_json() for c in self.chains],
             "reference": self.reference,
             "repeats": self.repeats,
             "tolerances": {k: dict(v) for k, v in self.tolerances.items()},
@@ -56,11 +95,30 @@ def plan_file(plan: RunPlan) -> PlanFile:
         name=plan.spec.name,
         cells=tuple(c.id for c in plan.all_cells),
         axes=tuple(a.name for a in AXES),
+        derived=derived_axes(plan.spec),
+        chains=chain_records(plan.spec),
         reference=plan.reference,
         repeats=plan.repeats,
         tolerances=plan.spec.tolerances,
         shard=plan.shard,
     )
+
+
+def chain_records(spec: Spec) -> tuple[ChainRecord, ...]:
+    """The spec's chains with what they hold fixed, as cells.chain_combos expands them."""
+    base: dict[str, AxisValue] = dict(spec.reference) if isinstance(spec.reference, dict) else {}
+    out = []
+    for chain in spec.chains:
+        held = {**base, **chain.at}
+        out.append(
+            ChainRecord(
+                axis=chain.axis,
+                values=chain.values,
+                at={a: v for a, v in held.items() if a != chain.axis and a not in chain.contexts},
+                contexts=dict(chain.contexts),
+            )
+        )
+    return tuple(out)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -99,13 +157,18 @@ def read_plan(path: Path) -> PlanFile:
         ref = data.get("reference")
         spec = data.get("spec")
         name = data.get("name")
-    except (TypeError, ValueError, AttributeError) as exc:
+        raw_derived = data.get("derived_axes")
+        derived = tuple(_text(a) for a in raw_derived) if raw_derived is not None else None
+        chains = tuple(_chain(c) for c in data.get("chains") or ())
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise ArtifactError(f"{path}: malformed ({_one_line(str(exc))}); ignored") from None
     return PlanFile(
         cells=cells,
         reference=_text(ref) if ref is not None else None,
         tolerances=tolerances,
         axes=axes,
+        derived=derived,
+        chains=chains,
         spec=_text(spec) if spec is not None else None,
         name=_text(name) if name is not None else None,
     )
@@ -131,9 +194,42 @@ def merge_plans(plans: Sequence[PlanFile]) -> PlanFile:
         axes += [a for a in plan.axes if a not in axes]
     reference = next((p.reference for p in plans if p.reference), None)
     spec = next((p.spec for p in plans if p.spec), None)
+    derived = next((p.derived for p in plans if p.derived is not None), None)
+    chains: list[ChainRecord] = []
+    for plan in plans:
+        chains += [c for c in plan.chains if c not in chains]
     return PlanFile(
-        cells=tuple(cells), reference=reference, tolerances=tolerances, axes=tuple(axes), spec=spec
+        cells=tuple(cells),
+        reference=reference,
+        tolerances=tolerances,
+        axes=tuple(axes),
+        derived=derived,
+        chains=tuple(chains),
+        spec=spec,
     )
+
+
+def _chain(data: Any) -> ChainRecord:
+    if not isinstance(data, dict):
+        raise TypeError(f"a chain must be an object, got {type(data).__name__}")
+    values = data["values"]
+    if not isinstance(values, list):
+        raise TypeError("chain values must be a list")
+    return ChainRecord(
+        axis=_text(data["axis"]),
+        values=tuple(_value(v) for v in values),
+        at={_text(k): _value(v) for k, v in (data.get("at") or {}).items()},
+        contexts={
+            _text(k): tuple(_value(v) for v in vals)
+            for k, vals in (data.get("contexts") or {}).items()
+        },
+    )
+
+
+def _value(value: Any) -> AxisValue:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return _text(value)
 
 
 def _no_constant(name: str) -> Any:

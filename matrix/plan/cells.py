@@ -21,6 +21,7 @@ __all__ = [
     "cell_id",
     "chain_combos",
     "derived_axes",
+    "derived_when_unrecorded",
     "expand",
     "filter_cells",
     "parse_shard",
@@ -208,6 +209,15 @@ def derived_axes(spec: Spec) -> tuple[str, ...]:
         named |= {chain.axis, *chain.at, *chain.contexts}
     identity = ("stack", *VERSION_AXES)
     return tuple(a for a in identity if a not in named)
+
+
+def derived_when_unrecorded(varying: Sequence[str]) -> tuple[str, ...]:
+    """The derived axes of results whose plan.json does not record them:
+    specs then named environments by stack, so a varying stack implies its
+    versions."""
+    if "stack" not in varying:
+        return ()
+    return tuple(a for a in VERSION_AXES if a in varying)
 
 
 def resolve_reference(spec: Spec, cells: Sequence[Cell], override: str | None = None) -> str:

@@ -1,9 +1,13 @@
 """index.html: one self-contained page for someone who has never seen the tool.
 
-The heatmap, attribution table, fingerprints and errors are rendered on the
-server side by Jinja with autoescape on, so the page reads without
-JavaScript; a small inline script adds axis filters, the switch between
-comparison kinds and per-tensor numbers on demand.  The numbers travel as
+It leads with attribution per context (a table of phases x contexts per
+change, a phase said once where every context agrees), then the upgrade
+chains, the portable tolerances, the heatmap, fingerprints and errors, all
+rendered on the server side by Jinja with autoescape on, so the page reads
+without JavaScript; a small inline script adds axis filters, the switch
+between comparison kinds, per-tensor numbers on demand and the comparison of
+any two cells the reader picks (from the digest table of report.json's
+``pairs``: each cell's digest per phase, and per digest pair its numbers).  The numbers travel as
 JSON inside ``<script type="application/json">`` with ``<``, ``>`` and ``&``
 written as ``\\u003c``/``\\u003e``/``\\u0026``, so no artifact string can
 close the script element; the script only ever writes ``textContent``.
@@ -21,16 +25,22 @@ import jinja2
 from markupsafe import Markup, escape
 
 from matrix.analysis.findings import (
+    AttributionRow,
     CellFinding,
+    ChainFinding,
     ComparisonFinding,
     Findings,
     LayerPoint,
+    PairsFinding,
+    PhaseEffect,
     PhaseFinding,
     TensorFinding,
+    ToleranceFinding,
 )
 from matrix.report.serialize import number
+from scenarios.contract import PHASES
 
-__all__ = ["CLASS_COLOURS", "embed_json", "render_html"]
+__all__ = ["CLASS_COLOURS", "embed_json", "pairs_page_data", "render_html"]
 
 #: Colour per drift class: a green-to-red ramp for numeric classes, purple
 #: and greys for the classes that carry no number.  Each cell also shows a
@@ -234,6 +244,10 @@ def _context(findings: Findings) -> dict[str, Any]:
     }
     return {
         "f": findings,
+        "attribution": [_attribution_view(r) for r in findings.attribution],
+        "chains": [_chain_view(c) for c in findings.chains],
+        "main_phases": PHASES,
+        "tolerances": _tolerance_groups(findings.tolerances),
         "axes": axes,
         "constant_axes": constant,
         "axis_values": findings.axis_values,
@@ -241,7 +255,102 @@ def _context(findings: Findings) -> dict[str, Any]:
         "heatmaps": heatmaps,
         "cards": cards,
         "colours": CLASS_COLOURS,
-        "data_json": embed_json({"details": details, "baselines": baselines}),
+        "data_json": embed_json(
+            {"details": details, "baselines": baselines, "pairs": pairs_page_data(findings.pairs)}
+        ),
+    }
+
+
+def _effect(verdict: str, max_ulp: float, max_rel: float, peak: str = "") -> str:
+    """'rounding 9 ULP', 'drift rel 1.6e-03' (``peak``: 'max ' over contexts), or the verdict."""
+    if verdict == "rounding" and math.isfinite(max_ulp):
+        return f"rounding, {peak}{max_ulp:g} ULP"
+    if verdict in ("drift", "divergent") and math.isfinite(max_rel):
+        return f"{verdict}, {peak}rel {max_rel:.1e}"
+    return verdict
+
+
+def _shown(p: PhaseEffect | None, peak: str = "") -> dict[str, str] | None:
+    if p is None:
+        return None
+    return {"verdict": p.verdict, "text": _effect(p.verdict, p.max_ulp, p.max_rel, peak)}
+
+
+def _attribution_view(row: AttributionRow) -> dict[str, Any]:
+    """A change as a table: its phases x its context groups, one cell where all agree."""
+    by_group = [{p.phase: p for p in g.phases} for g in row.groups]
+    phases = []
+    for p in row.phases:
+        agreed = None
+        if p.agreed is not None:
+            text = _effect(p.agreed, p.max_ulp, p.max_rel, "max " if len(row.contexts) > 1 else "")
+            agreed = {"verdict": p.agreed, "text": text}
+        merged = [len(g.contexts) > 1 for g in row.groups]
+        phases.append(
+            {
+                "phase": p.phase,
+                "text": p.text,
+                "agreed": agreed,
+                "cells": [
+                    _shown(found.get(p.phase), "max " if many else "")
+                    for found, many in zip(by_group, merged, strict=True)
+                ],
+            }
+        )
+    layers: dict[str, int] = {}
+    for c in row.contexts:
+        for note in c.first_layers:
+            layers[note] = layers.get(note, 0) + 1
+    pairs = sum(len(c.pairs) for c in row.contexts)
+    return {"row": row, "phases": phases, "pairs": pairs, "layers": list(layers.items())}
+
+
+def _chain_view(chain: ChainFinding) -> dict[str, Any]:
+    groups = []
+    for group in chain.groups:
+        many = "max " if len(group.contexts) > 1 else ""
+        steps = []
+        for step in group.steps:
+            found = {p.phase: p for p in step.phases}
+            steps.append({"step": step, "cells": [_shown(found.get(p), many) for p in PHASES]})
+        groups.append({"group": group, "steps": steps})
+    return {"chain": chain, "groups": groups}
+
+
+def _tolerance_groups(items: tuple[ToleranceFinding, ...]) -> list[dict[str, Any]]:
+    groups: dict[str, list[ToleranceFinding]] = {}
+    for t in items:
+        groups.setdefault(t.label, []).append(t)
+    return [
+        {"label": label, "rows": group, "cells": len({c for t in group for c in t.cells})}
+        for label, group in groups.items()
+    ]
+
+
+def pairs_page_data(pairs: PairsFinding) -> dict[str, Any]:
+    """The digest table for the two-cell picker: numbers rounded for display only."""
+    index = {c: n for n, c in enumerate(pairs.columns)}
+    table: dict[str, list[Any]] = {}
+    for p in pairs.phases:
+        table[f"{index[p.column]}:{p.baseline}:{p.candidate}"] = [
+            p.verdict,
+            p.reason,
+            _round(p.max_abs),
+            _round(p.max_rel),
+            _round(p.max_ulp),
+            p.expected_to_vary,
+            p.identical_tensors,
+            [
+                [t.key, t.verdict, t.dtype, _round(t.max_abs), _round(t.max_rel), _round(t.max_ulp)]
+                for t in p.tensors
+            ],
+        ]
+    return {
+        "cells": list(pairs.cells),
+        "columns": list(pairs.columns),
+        "digests": [list(row) for row in pairs.digests],
+        "table": table,
+        "skipped": list(pairs.skipped),
     }
 
 

@@ -6,8 +6,9 @@ verdicts are in the message.  A gated comparison (see
 :data:`matrix.findings.GATED_KINDS`) with a phase at or beyond ``--fail-on``
 is a ``<failure>``, or an ``<error>`` when that phase is failed/missing.
 Without ``--fail-on`` nothing fails.  Oracle and attribution comparisons
-inform and never fail.  A comparison whose phases are all unsupported is
-``<skipped>``.
+inform and never fail; an attribution case is named by its change and its
+context ("stack tf-2.15 → tf-2.16 [precision=float32]"), never by the change
+alone.  A comparison whose phases are all unsupported is ``<skipped>``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def render_junit(findings: Findings) -> str:
     root = ET.Element("testsuites", name="keras-repro-matrix")
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     suites: dict[str, tuple[ET.Element, dict[str, int]]] = {}
+    changes = {
+        pair: f"{row.axis} {row.before} → {row.after} [{context.label or 'every cell'}]"
+        for row in findings.attribution
+        for context in row.contexts
+        for pair in context.pairs
+    }
     for comp in findings.comparisons:
         kind = comp.kind
         if kind not in suites:
@@ -72,7 +79,11 @@ def render_junit(findings: Findings) -> str:
             suite,
             "testcase",
             classname=_clean(f"{kind}.{comp.candidate}"),
-            name=_clean(f"{comp.candidate} vs {comp.baseline}"),
+            name=_clean(
+                f"{changes[(comp.baseline, comp.candidate)]}: {comp.candidate} vs {comp.baseline}"
+                if kind == "axis" and (comp.baseline, comp.candidate) in changes
+                else f"{comp.candidate} vs {comp.baseline}"
+            ),
         )
         counts["tests"] += 1
         verdicts = [DriftClass(p.verdict) for p in comp.phases]

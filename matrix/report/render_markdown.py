@@ -1,9 +1,12 @@
 """report.md: short enough for a CI step summary.
 
-Verdict counts, the attribution table (the heart of the report), the cells
-that differ from the reference, failures and problems; each list is capped
-and says how much it left out.  Every artifact string is escaped: GitHub
-renders HTML inside Markdown.
+It leads with attribution per context (the heart of the report: what
+changing one axis alone does, said once where every context agrees and per
+context where they do not), then the upgrade chains, the portable
+tolerances per context, verdict counts, the cells that differ from the
+reference, failures and problems; each list is capped and says how much it
+left out.  Every artifact string is escaped: GitHub renders HTML inside
+Markdown.  Every number comes from the findings (report.json).
 """
 
 from __future__ import annotations
@@ -12,11 +15,20 @@ import html
 import math
 from collections.abc import Sequence
 
-from matrix.analysis.findings import Findings, PhaseEffect
+from matrix.analysis.findings import (
+    AttributionRow,
+    ChainFinding,
+    Findings,
+    PhaseEffect,
+    ToleranceFinding,
+)
+from scenarios.contract import PHASES
 
 __all__ = ["md", "render_markdown"]
 
 MAX_ROWS = 40
+#: Step tables per chain (one per group of contexts).
+MAX_TABLES = 6
 
 _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|#~!"})
 
@@ -34,17 +46,145 @@ def _capped(rows: Sequence[str], total: int, what: str) -> list[str]:
     return out
 
 
-def _phases_text(phases: Sequence[PhaseEffect]) -> str:
-    """'init identical, train rounding (max 4 ULP), forward drift (max rel 4e-03)'."""
-    parts = []
-    for p in phases:
-        text = f"{md(p.phase)} {p.verdict}"
-        if p.verdict == "rounding" and math.isfinite(p.max_ulp):
-            text += f" (max {p.max_ulp:g} ULP)"
-        elif p.verdict in ("drift", "divergent") and math.isfinite(p.max_rel):
-            text += f" (max rel {p.max_rel:.1e})"
-        parts.append(text)
-    return ", ".join(parts)
+def _attribution(findings: Findings) -> list[str]:
+    ctx = ", ".join(md(a) for a in findings.context_axes) or "none"
+    lines = [
+        "## What changing one axis alone does, per context",
+        "",
+        f"A context is the values of the other axes that vary in this report ({ctx}). "
+        "A phase is said once where its verdict is the same in every context, "
+        "else per context.",
+        "",
+    ]
+    rows = findings.attribution
+    if not rows:
+        return [*lines, "No two cells differ in exactly one axis."]
+    body: list[str] = []
+    for row in rows[:MAX_ROWS]:
+        body += _row(row)
+    body += _capped([], len(rows), "attribution rows")
+    return lines + body
+
+
+def _row(row: AttributionRow) -> list[str]:
+    lines = [f"### {md(row.head)}", ""]
+    if row.verdict is not None:
+        every = "every context" if len(row.contexts) > 1 else "its only context"
+        lines.append(f"Worst: **{row.verdict}** in {every}.")
+    else:
+        lines.append(
+            "Worst, per context: "
+            + "; ".join(f"{md(g.label)}: **{g.verdict}**" for g in row.groups)
+        )
+    lines.append("")
+    quiet = [p.phase for p in row.phases if p.agreed == "identical"]
+    for p in row.phases:
+        if p.agreed == "identical":
+            continue
+        lines.append(f"- {md(p.text)}")
+    if quiet:
+        every = "every context" if len(row.contexts) > 1 else "its only context"
+        lines.append(f"- identical in {every}: {', '.join(md(q) for q in quiet)}")
+    layers = [
+        f"{md(c.label)}: {md('; '.join(c.first_layers))}" for c in row.contexts if c.first_layers
+    ]
+    if layers:
+        lines.append(f"- first layer beyond rounding: {'; '.join(layers)}")
+    pairs = sum(len(c.pairs) for c in row.contexts)
+    lines += [f"- pairs compared: {pairs}", ""]
+    return lines
+
+
+def _chains(findings: Findings) -> list[str]:
+    if not findings.chains:
+        return []
+    lines = [
+        "## Upgrade chains: where each phase first moves",
+        "",
+        "Each release compared with the previous one in the chain, per context: the first "
+        "release that is not bitwise identical, and the first that drifts (drift or worse).",
+        "",
+    ]
+    for chain in findings.chains[:MAX_ROWS]:
+        lines += _chain(chain)
+    return lines + _capped([], len(findings.chains), "chains")
+
+
+def _chain(chain: ChainFinding) -> list[str]:
+    how = "declared in the spec" if chain.declared else "read from version-like values, plan order"
+    at = ", ".join(f"{md(a)}={md(v)}" for a, v in chain.at.items())
+    lines = [
+        f"### {md(chain.axis)}: {' → '.join(md(v) for v in chain.values)}",
+        "",
+        f"{how.capitalize()}{'; held at ' + at if at else ''}.",
+        "",
+    ]
+    lines += [f"- {md(o.text)}" for o in chain.onsets[:MAX_ROWS]]
+    lines += _capped([], len(chain.onsets), "phases")
+    for group in chain.groups[:MAX_TABLES]:
+        merged = len(group.contexts) > 1
+        note = f" ({len(group.contexts)} contexts, the same verdicts; largest numbers)"
+        lines += [
+            "",
+            f"{md(group.label)}{note if merged else ''}:",
+            "",
+            "| step | " + " | ".join(PHASES) + " |",
+            "| --- |" + " --- |" * len(PHASES),
+        ]
+        for step in group.steps:
+            found = {p.phase: p for p in step.phases}
+            cells = [_effect(found[p], merged) if p in found else "—" for p in PHASES]
+            lines.append(f"| {md(step.before)} → {md(step.after)} | " + " | ".join(cells) + " |")
+    if len(chain.groups) > MAX_TABLES:
+        more = len(chain.groups) - MAX_TABLES
+        lines.append(f"\n… and {more} more tables: see index.html / report.json.")
+    return [*lines, ""]
+
+
+def _effect(p: PhaseEffect, merged: bool = False) -> str:
+    peak = "max " if merged else ""
+    if p.verdict == "rounding" and math.isfinite(p.max_ulp):
+        return f"rounding ({peak}{p.max_ulp:g} ULP)"
+    if p.verdict in ("drift", "divergent") and math.isfinite(p.max_rel):
+        return f"{p.verdict} ({peak}rel {p.max_rel:.1e})"
+    return p.verdict
+
+
+def _tolerances(findings: Findings) -> list[str]:
+    items = findings.tolerances
+    if not items:
+        return []
+    lines = [
+        "## Portable tolerances, per context",
+        "",
+        "The tightest `rtol`/`atol` every cell of a context passes, per scenario phase and "
+        "dtype, against the reference cell and against the float64 oracle (see "
+        "README, Reading the report). A context is the values of the setting axes that vary "
+        f"({', '.join(md(a) for a in findings.tolerance_axes) or 'none'}); "
+        "the tolerance holds across every environment of it. The main phases "
+        f"({', '.join(PHASES)}) are listed here; every phase is in index.html and report.json.",
+    ]
+    by_label: dict[str, list[ToleranceFinding]] = {}
+    for t in items:
+        if t.column.rpartition("/")[2] in PHASES:  # the others: index.html, report.json
+            by_label.setdefault(t.label, []).append(t)
+    for label, group in by_label.items():
+        cells = sorted({c for t in group for c in t.cells})
+        lines += [
+            "",
+            f"### {md(label)} ({len(cells)} cell{'s' if len(cells) != 1 else ''})",
+            "",
+            "| phase | dtype | against | worst | assert |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        body = [
+            f"| {md(t.column)} | {md(t.dtype)} | "
+            f"{'oracle' if t.against == 'oracle' else 'reference ' + md(t.baseline)} | "
+            f"{t.verdict} | `{t.line}` |"
+            for t in group
+        ]
+        lines += _capped(body, len(body), "tolerances")
+    return lines
 
 
 def render_markdown(findings: Findings) -> str:
@@ -57,6 +197,10 @@ def render_markdown(findings: Findings) -> str:
         f"({findings.reference.chosen_by}) · generated {md(findings.generated_at)}",
         "",
         f"**Outcome:** {md(s.outcome)} (exit code {s.exit_code})",
+        "",
+        *_attribution(findings),
+        *_chains(findings),
+        *_tolerances(findings),
         "",
         "## Verdicts (scenario phases)",
         "",
@@ -75,21 +219,6 @@ def render_markdown(findings: Findings) -> str:
             f"Not counted: {varying['reference']} / {varying['oracle']} / {varying['repeat']} "
             "phase comparisons the scenarios mark as unseeded on purpose (expected to vary).",
         ]
-    lines += ["", "## Attribution: what changing one axis alone does", ""]
-    rows = findings.attribution
-    if rows:
-        lines += [
-            "| axis | change | verdict | per phase | pairs |",
-            "| --- | --- | --- | --- | ---: |",
-        ]
-        body = [
-            f"| {md(r.axis)} | {md(r.before)} → {md(r.after)} | {r.verdict} | "
-            f"{_phases_text(r.phases)} | {len(r.pairs)} |"
-            for r in rows
-        ]
-        lines += _capped(body, len(body), "attribution rows")
-    else:
-        lines.append("No two cells differ in exactly one axis.")
     differing = []
     for comp in findings.comparisons_of("reference"):
         if comp.verdict in ("identical", "unsupported"):

@@ -17,7 +17,7 @@ from typing import Any
 from matrix.analysis.findings import Findings
 from matrix.results.artifacts import clean_text
 
-__all__ = ["number", "to_json"]
+__all__ = ["number", "to_data", "to_json"]
 
 
 def number(value: float) -> float | str | None:
@@ -32,6 +32,11 @@ def to_json(findings: Findings) -> dict[str, Any]:
     data = _walk(findings)
     assert isinstance(data, dict)
     return data
+
+
+def to_data(value: Any) -> Any:
+    """Any part of the findings as JSON-ready data (what report.json holds for it)."""
+    return _walk(value)
 
 
 def _walk(value: Any) -> Any:
