@@ -134,3 +134,72 @@ def test_hostile_cpu_fields_never_break_the_label(cpu: dict) -> None:
     found = machine_of(fingerprint(cpu=cpu))
     if found is not None:
         assert all(ch.isalnum() or ch in "-+" for ch in found.label)
+
+
+def test_the_report_shows_beside_each_cell_what_the_hardware_decided(tmp_path: Path) -> None:
+    reason = "TensorFlow turns oneDNN on by default on x86 CPUs with AVX512_VNNI; this CPU has it"
+    isa = {
+        "requested": "avx2",
+        "cpu_supports": True,
+        "missing": [],
+        "libraries": {
+            "onednn": {"cap": "AVX2", "dispatched": "Intel AVX-512", "honoured": False},
+            "openblas": {"cap": "Haswell", "dispatched": "Haswell", "honoured": True},
+        },
+        "fixed": ["eigen"],
+    }
+    defaults = {"onednn": {"value": True, "chosen_by": "tensorflow", "reason": reason}}
+    write_cell(
+        tmp_path / "r",
+        "tf-2.21__cpu__isa-avx2",
+        axes={"stack": "tf-2.21", "isa": "avx2"},
+        tensors={"s/forward/output": np.ones(4, dtype=np.float32)},
+        fingerprint_overrides={"cpu": AVX512, "isa": isa, "defaults": defaults},
+    )
+    write_cell(
+        tmp_path / "r",
+        "tf-2.21__cpu__isa-sse41",
+        axes={"stack": "tf-2.21", "isa": "sse41"},
+        unsupported=["s"],
+        fingerprint_overrides={
+            "cpu": AVX512,
+            "isa": {"requested": "sse41", "cpu_supports": False, "missing": ["sse4_1"],
+                    "libraries": {}},
+        },
+    )  # fmt: skip
+    build_report([tmp_path / "r"], tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    hw = {c["id"]: c["hardware"] for c in report["cells"]}
+    capped = hw["tf-2.21__cpu__isa-avx2"]
+    assert capped["isa"] == "avx2" and capped["uncapped"] == ["eigen"]
+    assert {lib["library"]: lib["honoured"] for lib in capped["libraries"]} == {
+        "onednn": False,
+        "openblas": True,
+    }
+    assert capped["defaults"] == [
+        {"name": "onednn", "value": "on", "chosen_by": "tensorflow", "reason": reason}
+    ]
+    assert hw["tf-2.21__cpu__isa-sse41"]["isa_supported"] is False
+    assert hw["tf-2.21__cpu__isa-sse41"]["defaults"] == []
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Hardware" in md
+    assert "onednn Intel AVX-512 (ignored the cap)" in md
+    assert "unsupported here (the CPU lacks sse4\\_1)" in md
+    assert md.count("AVX512\\_VNNI; this CPU has it") == 1  # each reason said once
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "what the hardware decided" in page and "ignored the cap" in page
+
+
+def test_hardware_of_a_hostile_fingerprint_is_partial_never_an_error() -> None:
+    from matrix.analysis.hardware import hardware_of
+
+    for fp in (
+        {},
+        {"isa": "x", "defaults": [1, 2]},
+        {"isa": {"libraries": {"onednn": "x", "aten": {"honoured": "yes", "cap": 3}}}},
+        {"defaults": {"onednn": {"value": {"a": 1}, "chosen_by": 5}}, "cpu": {"flags": "x"}},
+    ):
+        found = hardware_of(fp)  # type: ignore[arg-type]
+        assert found.isa == "native" or isinstance(found.isa, str)
+        assert all(lib.honoured in (True, False, None) for lib in found.libraries)
+        assert isinstance(found.isa_summary, str) and isinstance(found.defaults_summary, str)

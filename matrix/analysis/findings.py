@@ -65,6 +65,7 @@ from matrix.analysis.gate import (
     gate_matches,
     summarise,
 )
+from matrix.analysis.hardware import HardwareFinding, hardware_of
 from matrix.analysis.localize import LayerFinding, Localisation
 from matrix.analysis.pairs import PAIR_BUDGET, PairTable, all_pairs
 from matrix.analysis.tolerances import Tolerance, portable_tolerances, tolerance_axes
@@ -165,6 +166,8 @@ class CellFinding:
     finished_at: str | None
     scenarios: tuple[ScenarioFinding, ...]
     log_tail: str | None
+    #: the machine, the instruction-set cap and what the hardware chose
+    hardware: HardwareFinding
 
     @property
     def applied(self) -> Mapping[str, Any]:
@@ -686,6 +689,7 @@ def _cell(cell: CellArtifact, repeats: int, deterministic: bool | None) -> CellF
         repeats=repeats,
         deterministic=deterministic,
         fingerprint=cell.fingerprint,
+        hardware=hardware_of(cell.fingerprint),
         settings=cell.settings,
         timings=cell.timings,
         started_at=cell.started_at,

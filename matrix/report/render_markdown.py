@@ -187,6 +187,39 @@ def _tolerances(findings: Findings) -> list[str]:
     return lines
 
 
+def _hardware(findings: Findings) -> list[str]:
+    """Where each cell ran and what its CPU decided: the machine, the
+    instruction-set cap and what each library did with it, and the defaults
+    the framework chose from the hardware (each reason said once)."""
+    cells = [c for c in findings.cells if c.status != "missing"]
+    if not cells:
+        return []
+    machines: dict[str, list[str]] = {}
+    for cell in cells:
+        hw = cell.hardware
+        label = f"{hw.machine} ({hw.cpu_model})" if hw.machine else "unknown machine"
+        machines.setdefault(label, []).append(cell.id)
+    lines = ["", "## Hardware: where each cell ran, and what the CPU decided", ""]
+    for label, ids in machines.items():
+        lines.append(f"- **{md(label)}**: {len(ids)} cell{'s' if len(ids) != 1 else ''}")
+    reasons: dict[str, int] = {}
+    rows = []
+    for cell in cells:
+        hw = cell.hardware
+        chosen = []
+        for d in hw.defaults:
+            note = reasons.setdefault(d.reason, len(reasons) + 1) if d.reason else None
+            chosen.append(
+                f"{md(d.name)} {md(d.value)} ({md(d.chosen_by)}{f' [{note}]' if note else ''})"
+            )
+        rows.append(f"| {md(cell.id)} | {md(hw.isa_summary)} | {', '.join(chosen) or '-'} |")
+    lines += ["", "| cell | instruction set | chosen from the hardware |", "| --- | --- | --- |"]
+    lines += _capped(rows, len(rows), "cells")
+    if reasons:
+        lines += ["", *(f"{n}. {md(reason)}" for reason, n in reasons.items())]
+    return lines
+
+
 def render_markdown(findings: Findings) -> str:
     s = findings.summary
     ref = findings.reference.cell
@@ -229,6 +262,7 @@ def render_markdown(findings: Findings) -> str:
             if p.verdict != "identical" and not p.expected_to_vary
         ]
         differing.append(f"| {md(comp.candidate)} | {comp.verdict} | {', '.join(bad)} |")
+    lines += _hardware(findings)
     lines += ["", "## Cells that differ from the reference", ""]
     if differing:
         lines += ["| cell | worst | phases |", "| --- | --- | --- |"]
