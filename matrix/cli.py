@@ -21,9 +21,8 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from matrix.analysis.drift import GATE_CLASSES
-from matrix.analysis.gate import Problem, gate_class
-from matrix.console import RunProgress, console, output
+from matrix.analysis.drift import GATE_CLASSES, gate_class
+from matrix.console import RunProgress, build_log, console, output
 from matrix.errors import INTERRUPTED, BuildError, CellsFailed, EngineError, MatrixError, SpecError
 from matrix.execute.executors.base import Executor
 from matrix.execute.scheduler import RunSummary, Stop, execute, run_dir
@@ -38,6 +37,12 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):
+        # A path or a cell id may hold characters the terminal's encoding
+        # cannot: printed escaped, never a UnicodeEncodeError mid-report.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     try:
         return _dispatch(args)
     except MatrixError as exc:
@@ -291,6 +296,7 @@ def cmd_run(argv: list[str]) -> int:
     error: MatrixError | None = None
     if not opts.no_report:
         t0 = time.monotonic()
+        from matrix.analysis.gate import Problem
         from matrix.report.command import build_report
 
         out = results / "report"
@@ -420,8 +426,6 @@ def list_json(plan: RunPlan) -> dict[str, list[dict[str, object]]]:
 
 
 def _dry_run(plan: RunPlan, executor_name: str, results: Path, catalog: dict[str, Stack]) -> int:
-    from matrix.execute.cache import read_record
-
     output.line(
         (plan.spec.name, "bold"),
         f" ({plan.spec.path}): {len(plan.cells)} cells, {plan.repeats} repeats, "
@@ -433,12 +437,33 @@ def _dry_run(plan: RunPlan, executor_name: str, results: Path, catalog: dict[str
         output.line(f"  {stack_name}.{target}: {state}")
     output.line(f"cells ({results}):")
     for cell in plan.cells:
-        states = []
-        for r in range(plan.repeats):
-            record = read_record(run_dir(results, cell.id, r))
-            states.append("none" if record is None else str(record.get("status")))
-        output.line(f"  {cell.id}  ", (f"previous: {', '.join(states)}", "dim"))
+        output.line(
+            f"  {cell.id}  ", (f"previous: {_previous(results, cell.id, plan.repeats)}", "dim")
+        )
     return 0
+
+
+def _previous(results: Path, cell_id: str, repeats: int) -> str:
+    """What earlier runs left for each repeat: ``none, ok`` (or counts, for many repeats)."""
+    from matrix.execute.cache import read_record
+
+    if not (results / cell_id).is_dir():  # nothing ran: skip a stat per repeat
+        states = ["none"] * repeats
+    else:
+        states = []
+        for r in range(repeats):
+            record = read_record(run_dir(results, cell_id, r))
+            status = None if record is None else record.get("status")
+            # A record is data anyone could have written: only its known states are shown.
+            states.append(status if status in _RUN_STATES else "none" if record is None else "?")
+    if repeats <= 4:
+        return ", ".join(states)
+    counts = {s: states.count(s) for s in dict.fromkeys(states)}
+    return ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {repeats} repeats)"
+
+
+#: What a run record's status can be (see execute/scheduler.py).
+_RUN_STATES = ("ok", "failed")
 
 
 def _environment_state(stack: Stack, target: str, executor_name: str) -> str:
@@ -495,11 +520,7 @@ def select_executor(
         return VenvExecutor()
     from matrix.execute.executors.docker import DockerExecutor
 
-    return DockerExecutor(mode=build_mode, log=_build_log)
-
-
-def _build_log(message: str) -> None:
-    console.event("build", message[:300])
+    return DockerExecutor(mode=build_mode, log=build_log)
 
 
 def cmd_images(argv: list[str]) -> int:
@@ -520,7 +541,7 @@ def cmd_images(argv: list[str]) -> int:
     if opts.engine:
         select_engine(opts.engine)
     check_engine()
-    executor = DockerExecutor(log=_build_log)
+    executor = DockerExecutor(log=build_log)
     for stack_name, target in plan.environments:
         env = Environment(stack=catalog[stack_name], target=target)
         t0 = time.monotonic()

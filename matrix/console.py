@@ -25,7 +25,7 @@ from rich.console import Console as RichConsole
 from rich.live import Live
 from rich.text import Text
 
-__all__ = ["Console", "RunProgress", "console", "output", "plain"]
+__all__ = ["Console", "RunProgress", "build_log", "console", "output", "plain"]
 
 
 def plain(text: object) -> str:
@@ -67,7 +67,7 @@ class Console:
             target.print(text)
 
     def error(self, message: str) -> None:
-        self.line(("error: ", "bold red"), message)
+        self.line(("error: ", "bold red"), _bounded(message))
 
     def notice(self, message: str) -> None:
         self.line(("notice: ", "yellow"), message)
@@ -93,6 +93,17 @@ class Console:
                 self._live = None
 
 
+#: An error is one line a reader takes in at once; values quoted in it are
+#: bounded where they are quoted, and this bounds whatever is left.
+_ERROR_CHARS = 2000
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= _ERROR_CHARS:
+        return message
+    return f"{message[:_ERROR_CHARS]}… ({len(message) - _ERROR_CHARS} more characters)"
+
+
 _STYLES = {
     "ok": "green",
     "cached": "dim",
@@ -106,6 +117,12 @@ _STYLES = {
 console = Console()
 #: What the user asked for (a dry-run plan, a report's location): stdout.
 output = Console(sys.stdout)
+
+
+def build_log(message: str) -> None:
+    """One line of an image, venv or base-image build (its output is not
+    ours: pip and apt lines may hold brackets, colons, escape sequences)."""
+    console.event("build", message[:300])
 
 
 @dataclass(kw_only=True)

@@ -43,6 +43,9 @@ def matrix(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# A cold run builds the base image and the stack's image first (the run below
+# allows 1800 s for that); the suite's 900 s limit is for everything else.
+@pytest.mark.timeout(2400)
 def test_matrix_run_in_docker_reports_and_caches(tmp_path: Path) -> None:
     require_engine()
     spec = tmp_path / "e2e.toml"

@@ -41,19 +41,26 @@ Semantics, decided once here:
   where there is no such element).  Each element then passes
   ``|a - b| <= atol + rtol * |b|``.  NaN or Inf on one side only leaves no
   finite pair (both are infinite).
+* A **complex** tensor is judged on its real and imaginary parts together
+  (as a float tensor with a last axis of 2: index ``(..., 0)`` is the real
+  part, ``(..., 1)`` the imaginary one), whatever dtype label it came with;
+  a complex tensor against a real one is divergent.  Casting to float would
+  keep the real part alone and call a changed imaginary part identical.
+* Tensors that hold no numbers (strings, records, objects, dates) are
+  refused with ValueError: there is no error to measure.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from matrix.analysis.drift import DriftClass, Thresholds
-from matrix.results.tensors import ArraySource, ChunkSource
+from matrix.results.tensors import ArraySource, ChunkSource, RealView
 
 #: Arrays of any dtype: numpy's generic typing cannot follow the views
 #: (float <-> int bit patterns) this module relies on.
@@ -375,6 +382,20 @@ def compare_tensors(
     src_a: ChunkSource = candidate if _is_source(candidate) else ArraySource(candidate)  # type: ignore[assignment,arg-type]
     src_b: ChunkSource = baseline if _is_source(baseline) else ArraySource(baseline)  # type: ignore[assignment,arg-type]
     base_dtype = baseline_dtype or dtype
+    for src in (src_a, src_b):
+        if src.dtype.kind not in _NUMERIC_KINDS:
+            raise ValueError(f"cannot compare a tensor of dtype {src.dtype.str!r}: not numbers")
+    if src_a.dtype.kind == "c" or src_b.dtype.kind == "c":
+        return _compare_complex(
+            src_a,
+            src_b,
+            dtype=dtype,
+            base_dtype=base_dtype,
+            thresholds=thresholds,
+            oracle=oracle,
+            top_k=top_k,
+            chunk_elements=chunk_elements,
+        )
     shape_a, shape_b = tuple(src_a.shape), tuple(src_b.shape)
     size = int(np.prod(shape_a, dtype=np.int64))
     plan = _PairTreatment(dtype, base_dtype, oracle, src_a.dtype, src_b.dtype)
@@ -454,6 +475,50 @@ def _allclose(acc: _Accumulator | None, attr: str) -> float:
         return math.inf
     value: float = getattr(acc, attr)
     return value
+
+
+#: bool, signed and unsigned integers, floats, complex numbers.
+_NUMERIC_KINDS = "biufc"
+
+
+def _compare_complex(
+    src_a: ChunkSource,
+    src_b: ChunkSource,
+    *,
+    dtype: str,
+    base_dtype: str,
+    thresholds: Thresholds,
+    oracle: bool,
+    top_k: int,
+    chunk_elements: int,
+) -> TensorComparison:
+    """Both parts of complex tensors, judged as floats (see the module's notes)."""
+    if src_a.dtype.kind != src_b.dtype.kind:
+        shape_a, shape_b = tuple(src_a.shape), tuple(src_b.shape)
+        return replace(
+            missing_comparison(dtype, shape_a, ""),
+            verdict=DriftClass.DIVERGENT,
+            reason=f"complex vs real: {src_a.dtype.name} vs {src_b.dtype.name}",
+            baseline_shape=shape_b,
+            size=int(np.prod(shape_a, dtype=np.int64)),
+        )
+    view_a, view_b = RealView(src_a), RealView(src_b)
+    result = compare_tensors(
+        view_a,
+        view_b,
+        dtype=_part_dtype(dtype, view_a),
+        baseline_dtype=_part_dtype(base_dtype, view_b),
+        thresholds=thresholds,
+        oracle=oracle,
+        top_k=top_k,
+        chunk_elements=chunk_elements,
+    )
+    return replace(result, dtype=dtype, reason=f"{result.reason} (real and imaginary parts)")
+
+
+def _part_dtype(label: str, view: RealView) -> str:
+    """The float dtype each part of a complex tensor is judged in."""
+    return {"complex64": "float32", "complex128": "float64"}.get(label, view.dtype.name)
 
 
 def _small_and_bitwise_equal(src_a: ChunkSource, src_b: ChunkSource, plan: _PairTreatment) -> bool:

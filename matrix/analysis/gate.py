@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from matrix.analysis.comparisons import CellComparison, PhaseResult
-from matrix.analysis.drift import GATE_CLASSES, DriftClass
+from matrix.analysis.drift import DriftClass, gate_class
 from matrix.errors import (
     ArtifactError,
     BuildError,
@@ -21,7 +21,6 @@ from matrix.errors import (
     MatrixError,
     ReferenceError_,
     ResultsError,
-    SpecError,
 )
 from matrix.results.artifacts import CellArtifact
 
@@ -61,18 +60,6 @@ _KIND_ERROR: dict[str, type[MatrixError]] = {
     "build": BuildError,
     "run": CellsFailed,
 }
-
-
-def gate_class(name: str | None) -> DriftClass | None:
-    """The class a ``--fail-on`` names; SpecError (exit 3) for any other word.
-
-    Checked before any work, so a bad choice never costs a matrix run."""
-    if name is None:
-        return None
-    names = [c.value for c in GATE_CLASSES]
-    if name not in names:
-        raise SpecError(f"--fail-on {name!r}: expected one of {', '.join(names)}")
-    return DriftClass(name)
 
 
 @dataclass(frozen=True, kw_only=True)

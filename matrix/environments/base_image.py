@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matrix import command
+from matrix.console import build_log, output
 from matrix.environments import engine
 from matrix.errors import BuildError, DiskFullError, DownloadStalled, SpecError
 from matrix.paths import ROOT, cache_root
@@ -50,7 +51,7 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 PULL_TIMEOUT = 600
 
 
-def choose_base(*, log: Callable[[str], None] = print, pull: bool = True) -> str | None:
+def choose_base(*, log: Callable[[str], None] = build_log, pull: bool = True) -> str | None:
     """The base every environment image starts from, by what works here.
 
     ``$KRM_BASE_IMAGE`` (``--base``) always wins. Else python:3.11-slim when
@@ -307,7 +308,7 @@ def ensure_base_image(
     cache_dir: Path | None = None,
     mirror: str | None = None,
     force: bool = False,
-    log: Log = print,
+    log: Log = build_log,
 ) -> BaseImage:
     """Return the local base image, bootstrapping it when the tag is absent.
 
@@ -362,5 +363,7 @@ def base_image_command(argv: list[str]) -> int:
     opts = parser.parse_args(argv)
     image = ensure_base_image(tag=opts.tag, mirror=opts.mirror, force=opts.force)
     if not image.built:
-        print(f"base: {image.tag} already present ({image.image_id[:19]}); --force rebuilds it")
+        output.line(
+            f"base: {image.tag} already present ({image.image_id[:19]}); --force rebuilds it"
+        )
     return 0

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from matrix import command
+from matrix.console import build_log
 from matrix.environments import base_image, engine
 from matrix.environments.locks import TOOLS_LOCK, cuda_versions, parse_lock
 from matrix.environments.wheelhouse import fill_wheelhouse, uv_binary, wheelhouse_dir
@@ -179,7 +180,7 @@ def plan_image(
     *,
     base: str | None = None,
     mode: str = "wheelhouse",
-    log: Log = print,
+    log: Log = build_log,
 ) -> ImagePlan:
     """Tag and presence of the stack's image; builds nothing but the base."""
     if mode not in MODES:
@@ -256,7 +257,7 @@ def ensure_image(
     *,
     base: str | None = None,
     mode: str = "wheelhouse",
-    log: Log = print,
+    log: Log = build_log,
 ) -> ImageInfo:
     """Return the stack's image, building it only when its tag is absent."""
     start = time.monotonic()

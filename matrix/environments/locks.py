@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from matrix import command
+from matrix.console import output
 from matrix.errors import BuildError, SpecError
 from matrix.paths import LOCK_DIR
 from matrix.plan.stacks import ARCHES, TARGETS, load_catalog
@@ -168,5 +169,5 @@ def lock_command(argv: Sequence[str]) -> int:
                 proc = command.run(cmd, timeout=1800)
             if not proc.ok:
                 raise BuildError(f"{name}/{target}: {proc.last_line() or 'timed out'}")
-            print(f"{out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")
+            output.line(str(out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out))
     return 0

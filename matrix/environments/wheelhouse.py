@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from matrix import command
+from matrix.console import build_log
 from matrix.environments.locks import (
     PLATFORM_TAGS,
     TOOLS_LOCK,
@@ -111,7 +112,7 @@ def fill_wheelhouse(
     *,
     arch: str = "x86_64",
     wheelhouse: Path | None = None,
-    log: Log = print,
+    log: Log = build_log,
 ) -> list[Path]:
     """Make sure the wheelhouse holds one hash-checked wheel per lock entry
     (Linux ``arch``, CPython 3.11) and return them in lock order. Offline when
@@ -170,7 +171,7 @@ def fill_wheelhouse(
     return found
 
 
-def uv_binary(arch: str = "x86_64", *, log: Log = print) -> Path:
+def uv_binary(arch: str = "x86_64", *, log: Log = build_log) -> Path:
     """uv's Linux binary for ``arch`` (from the pinned wheel in
     docker/locks/tools.txt), extracted once: what builds install with. The
     host's own uv may be a macOS binary; this one runs in any glibc image."""

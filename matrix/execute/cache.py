@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from matrix.errors import ArtifactError
+from matrix.untrusted import read_json
 from scenarios.contract import MANIFEST, RUN_RECORD, TENSORS
 
 __all__ = ["cache_key", "cached", "read_record", "scenarios_hash"]
@@ -56,10 +58,20 @@ def cache_key(
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+#: A run record is a few hundred bytes.
+_MAX_RECORD_BYTES = 1 << 20
+
+
 def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """The run's record, or None when there is none or it is not one: a
+    record left by anyone but the scheduler (a FIFO, a huge or deeply nested
+    file) only makes the run count as not cached."""
+    path = run_dir / RUN_RECORD
+    if not path.exists():
+        return None
     try:
-        data = json.loads((run_dir / RUN_RECORD).read_text())
-    except (OSError, ValueError):
+        data = read_json(path, limit=_MAX_RECORD_BYTES, within=run_dir)
+    except ArtifactError:
         return None
     return data if isinstance(data, dict) else None
 

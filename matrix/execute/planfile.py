@@ -25,6 +25,7 @@ from matrix.errors import ArtifactError
 from matrix.plan.cells import derived_axes
 from matrix.plan.spec import Spec
 from matrix.plan.tasks import RunPlan
+from matrix.untrusted import one_line, read_json, shown_path
 from scenarios.contract import AXES, PLAN, AxisValue
 
 __all__ = [
@@ -138,33 +139,38 @@ def write_plan(results: Path, plan: RunPlan) -> None:
 
 
 def read_plan(path: Path) -> PlanFile:
-    """Read a plan.json; ArtifactError (one line) when it is not one."""
+    """Read a plan.json as untrusted data; ArtifactError (one line) when it is not one.
+
+    Cell ids name directories under the results directory, so one that is
+    not a plain directory name (``../x``, ``a/b``, control characters) is
+    refused with the whole plan rather than shown as a planned cell.
+    """
+    where = shown_path(path)
     try:
-        if path.stat().st_size > _MAX_BYTES:
-            raise ArtifactError(f"{path}: larger than {_MAX_BYTES} bytes; ignored")
-        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ArtifactError(f"{path}: not readable JSON ({_one_line(str(exc))}); ignored") from None
+        data = read_json(path, limit=_MAX_BYTES, within=path.parent, what="a plan")
+    except ArtifactError as exc:
+        raise ArtifactError(f"{exc.message}; ignored") from None
     if not isinstance(data, dict):
-        raise ArtifactError(f"{path}: expected a JSON object; ignored")
+        raise ArtifactError(f"{where}: expected a JSON object; ignored")
     try:
-        cells = tuple(_text(c) for c in data.get("cells") or ())
-        axes = tuple(_text(a) for a in data.get("axes") or ())
+        cells = tuple(_cell_id(c) for c in _list(data.get("cells")))
+        axes = tuple(_text(a) for a in _list(data.get("axes")))
         tolerances = {
-            _text(dt): {_text(k): _number(v) for k, v in vals.items()}
-            for dt, vals in (data.get("tolerances") or {}).items()
+            _text(dt): {_text(k): _number(v) for k, v in _table(vals).items()}
+            for dt, vals in _table(data.get("tolerances")).items()
         }
         ref = data.get("reference")
         spec = data.get("spec")
         name = data.get("name")
+        reference = _cell_id(ref) if ref is not None else None
         raw_derived = data.get("derived_axes")
-        derived = tuple(_text(a) for a in raw_derived) if raw_derived is not None else None
-        chains = tuple(_chain(c) for c in data.get("chains") or ())
+        derived = tuple(_text(a) for a in _list(raw_derived)) if raw_derived is not None else None
+        chains = tuple(_chain(c) for c in _list(data.get("chains")))
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
-        raise ArtifactError(f"{path}: malformed ({_one_line(str(exc))}); ignored") from None
+        raise ArtifactError(f"{where}: malformed ({one_line(str(exc))}); ignored") from None
     return PlanFile(
         cells=cells,
-        reference=_text(ref) if ref is not None else None,
+        reference=reference,
         tolerances=tolerances,
         axes=axes,
         derived=derived,
@@ -218,10 +224,10 @@ def _chain(data: Any) -> ChainRecord:
     return ChainRecord(
         axis=_text(data["axis"]),
         values=tuple(_value(v) for v in values),
-        at={_text(k): _value(v) for k, v in (data.get("at") or {}).items()},
+        at={_text(k): _value(v) for k, v in _table(data.get("at")).items()},
         contexts={
-            _text(k): tuple(_value(v) for v in vals)
-            for k, vals in (data.get("contexts") or {}).items()
+            _text(k): tuple(_value(v) for v in _list(vals))
+            for k, vals in _table(data.get("contexts")).items()
         },
     )
 
@@ -232,8 +238,20 @@ def _value(value: Any) -> AxisValue:
     return _text(value)
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+def _list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _table(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    return value
 
 
 def _text(value: Any) -> str:
@@ -241,14 +259,18 @@ def _text(value: Any) -> str:
         raise TypeError(f"expected a string, got {type(value).__name__}")
     if len(value) > 4096:
         raise ValueError("a string longer than 4096 characters")
-    return value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _cell_id(value: Any) -> str:
+    """A cell id: a printable directory name (read_json already cleaned surrogates)."""
+    text = _text(value)
+    if not text or len(text) > 255 or not text.isprintable() or "/" in text or text in {".", ".."}:
+        raise ValueError(f"cell id {one_line(repr(text), 80)} is not a directory name")
+    return text
 
 
 def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {type(value).__name__}")
     return float(value)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:300]

@@ -180,6 +180,12 @@ def _shown(combo: Mapping[str, AxisValue]) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _quote(value: object) -> str:
+    """A value the user gave, quoted and bounded for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _matches(combo: Mapping[str, AxisValue], rule: Mapping[str, AxisValue]) -> bool:
     return all(combo.get(k, AXIS_DEFAULTS[k]) == v for k, v in rule.items())
 
@@ -230,11 +236,11 @@ def resolve_reference(spec: Spec, cells: Sequence[Cell], override: str | None = 
     if isinstance(wanted, str):
         if any(c.id == wanted for c in cells):
             return wanted
-        raise SpecError(f"{where} {wanted!r} is not a cell of the matrix (see --dry-run)")
+        raise SpecError(f"{where} {_quote(wanted)} is not a cell of the matrix (see --dry-run)")
     for cell in cells:
         if _matches(cell.axes, wanted):
             return cell.id
-    raise SpecError(f"{where}: no cell matches {wanted}")
+    raise SpecError(f"{where}: no cell matches {_shown(wanted)} (see --dry-run)")
 
 
 def filter_cells(cells: Iterable[Cell], exprs: Sequence[str]) -> list[Cell]:
@@ -260,7 +266,8 @@ def _predicate(expr: str) -> Callable[[Cell], bool]:
         axis = axis.strip()
         if not sep or axis not in AXIS_DEFAULTS:
             raise SpecError(
-                f"--only {expr!r}: {term!r} is not axis=value (axes: {', '.join(AXIS_DEFAULTS)})"
+                f"--only {_quote(expr)}: {_quote(term)} is not axis=value "
+                f"(axes: {', '.join(AXIS_DEFAULTS)})"
             )
         terms.append((axis, pattern.strip()))
     return lambda c: all(fnmatch.fnmatchcase(str(c.axes[a]), p) for a, p in terms)
@@ -269,11 +276,13 @@ def _predicate(expr: str) -> Callable[[Cell], bool]:
 def parse_shard(text: str) -> tuple[int, int]:
     index, sep, count = text.partition("/")
     try:
-        i, n = int(index), int(count)
+        # More digits than any shard count: refused before int() (which
+        # refuses 4300 digits with a message about itself).
+        i, n = (int(index), int(count)) if len(text) <= 20 else (0, 0)
     except ValueError:
         i = n = 0
     if not sep or n < 1 or not 1 <= i <= n:
-        raise SpecError(f"--shard {text!r}: expected I/N with 1 <= I <= N, e.g. 2/4")
+        raise SpecError(f"--shard {_quote(text)}: expected I/N with 1 <= I <= N, e.g. 2/4")
     return i, n
 
 

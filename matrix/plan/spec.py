@@ -61,6 +61,10 @@ class Limits:
     unseeded_repeats: int = 100
     timeout: int = 7 * 24 * 3600
     description: int = 2_000
+    #: the largest value of a count axis (threads): no machine has more cores
+    count_value: int = 4_096
+    #: combinations x include/exclude rules: the work of expanding a spec
+    rule_checks: int = 1_000_000
 
 
 LIMITS = Limits()
@@ -134,6 +138,10 @@ def load_spec(path: Path, catalog: Mapping[str, Stack] | None = None) -> Spec:
         raise SpecError(f"{where}: not valid TOML: {exc}") from None
     except RecursionError:
         raise SpecError(f"{where}: nested too deeply to be a matrix spec") from None
+    except ValueError as exc:
+        # tomllib converts numbers with int()/float(), which refuse an integer
+        # of more than 4300 digits with a ValueError of their own.
+        raise SpecError(f"{where}: not a usable TOML value: {_quote(str(exc))}") from None
     return parse_spec(raw, path, catalog if catalog is not None else load_catalog())
 
 
@@ -198,6 +206,14 @@ def parse_spec(raw: Mapping[str, Any], path: Path, catalog: Mapping[str, Stack])
         raise SpecError(
             f"{where}: the spec expands to {total} combinations; "
             f"at most {LIMITS.cells} cells per spec (split it, or use --only)"
+        )
+    # Every combination is checked against every include and exclude rule.
+    checks = total * (len(include) + len(exclude))
+    if checks > LIMITS.rule_checks:
+        raise SpecError(
+            f"{where}: {total} combinations x {len(include) + len(exclude)} include/exclude "
+            f"rules is more work than a spec may ask ({LIMITS.rule_checks} checks); "
+            "fold rules into [axes] or split the spec"
         )
 
     reference = matrix.get("reference")
@@ -404,6 +420,8 @@ def _check_value(
         raise SpecError(f"{where}: {key}: {exc}") from None
     if bare:
         return checked
+    if found.runner == "count" and int(checked) > LIMITS.count_value:
+        raise SpecError(f"{where}: {key}: {name} must be at most {LIMITS.count_value}")
     if name == "stack" and checked not in catalog:
         raise SpecError(
             f"{where}: {key}: unknown stack {_quote(checked)} (known: {', '.join(sorted(catalog))})"

@@ -61,7 +61,9 @@ def make_plan(
     spec_ref = resolve_reference(spec, everything)
     cells = filter_cells(everything, only)
     if not cells:
-        raise SpecError(f"--only {' '.join(only)}: no cell of {spec.path} matches")
+        shown = " ".join(repr(o) for o in only)
+        shown = shown if len(shown) <= 200 else shown[:197] + "..."
+        raise SpecError(f"--only {shown}: no cell of {spec.path} matches")
     note = None
     if reference is not None:
         ref = resolve_reference(spec, cells, reference)

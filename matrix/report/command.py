@@ -40,6 +40,8 @@ from matrix.report.render_markdown import render_markdown
 from matrix.results.artifacts import CellArtifact, load_cell_safely
 from matrix.results.discovery import discover_results
 from matrix.results.merge import Loaded, merge_cells, merged_axes, qualify
+from matrix.untrusted import shown_path
+from scenarios.contract import MANIFEST, RUN_RECORD
 
 __all__ = [
     "OUTPUT_FILES",
@@ -101,14 +103,18 @@ def make_findings(
             raise
         # A plan.json's tolerances are data, not the user's option: say so, use the defaults.
         found.append(
-            Problem(kind="results", message=f"plan.json tolerances ignored: {exc.message}")
+            Problem(kind="artifact", message=f"plan.json tolerances ignored: {exc.message}")
         )
         thresholds = DEFAULT_THRESHOLDS
 
     loaded = [
         Loaded(
             root=entry.root,
-            cell=load_cell_safely(entry.directory, cell_id=entry.cell_id),
+            cell=load_cell_safely(entry.directory, cell_id=entry.cell_id)
+            if entry.problem is None
+            else CellArtifact(
+                cell_id=entry.cell_id, directory=entry.directory, problem=entry.problem
+            ),
             repeats=tuple(load_cell_safely(d, cell_id=entry.cell_id) for d in entry.repeats),
         )
         for entry in inventory.entries
@@ -186,6 +192,24 @@ def check_out_dir(out_dir: Path) -> None:
     parent = next((p for p in [out_dir, *out_dir.parents] if p.exists()), None)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise SpecError(f"--out {out_dir}: cannot create or write it here")
+    # A report written into a cell's artifact would change the artifact, and
+    # discovery skips the output directory: the cell would vanish from its own report.
+    for place in [out_dir, *out_dir.parents]:
+        if any((place / name).is_file() for name in (MANIFEST, RUN_RECORD)):
+            raise SpecError(
+                f"--out {out_dir}: inside the cell directory {place}; "
+                "write the report outside every cell"
+            )
+
+
+def _default_out(roots: Sequence[Path]) -> Path:
+    """``report/`` in the first results directory that is one; the others are
+    still reported (as problems) if they are missing or are files."""
+    for root in roots:
+        if root.is_dir():
+            return root / "report"
+    shown = ", ".join(shown_path(r) for r in roots[:3])
+    raise ResultsError(f"nothing to report: no results directory among {shown}")
 
 
 def write_outputs(findings: Findings, out_dir: Path) -> tuple[Path, ...]:
@@ -238,7 +262,7 @@ def build_report(
     roots = [Path(d) for d in results_dirs]
     if not roots:
         raise ResultsError("no results directory given")
-    out = Path(out_dir) if out_dir is not None else roots[0] / "report"
+    out = Path(out_dir) if out_dir is not None else _default_out(roots)
     check_out_dir(out)
     findings = make_findings(
         roots,

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from matrix.analysis.findings import Findings
-from matrix.results.artifacts import clean_text
+from matrix.untrusted import clean_text
 
 __all__ = ["number", "to_data", "to_json"]
 

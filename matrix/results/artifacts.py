@@ -6,7 +6,15 @@ An artifact directory is ``manifest.json`` + ``tensors.npz`` + ``log.txt``
 holds NaN, infinities or absurd numbers, a missing, truncated or altered
 ``tensors.npz``) becomes a ``problem`` of one line naming the file; the
 report shows the cell as failed and goes on.  A manifest is untrusted data:
-its strings are cleaned of lone surrogates, its size and depth are bounded.
+its strings are cleaned of lone surrogates, its size and depth are bounded
+(:mod:`matrix.untrusted`). Only regular files are read, and a symlink may not
+lead out of the cell directory.
+
+``tensors.npz`` is checked before any array is read: every member an
+``.npy`` of a numeric dtype whose header matches its size (no pickles, no
+claimed 10^22 elements), every key ``scenario/phase/name``, every dtype the
+manifest claims consistent with the stored one, every tensor the manifest
+lists present.
 
 Tensors are not loaded here: a :class:`CellArtifact` knows each tensor's key,
 shape and dtypes from the ``.npy`` headers, and :meth:`CellArtifact.source`
@@ -17,10 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import struct
-import zipfile
-import zlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
@@ -33,7 +38,15 @@ import numpy.typing as npt
 
 from matrix.errors import ArtifactError
 from matrix.paths import MANIFEST_SCHEMA
-from matrix.results.tensors import SMALL_CACHE, SMALL_NPZ, ArraySource, NpzTensor, npy_header
+from matrix.results.tensors import (
+    SMALL_CACHE,
+    SMALL_NPZ,
+    ArraySource,
+    NpyMember,
+    NpzTensor,
+    npz_index,
+)
+from matrix.untrusted import one_line, open_regular, read_json, shown_path, tail_text
 from scenarios.contract import (
     LOG,
     MANIFEST,
@@ -51,20 +64,22 @@ __all__ = [
     "ErrorRecord",
     "ScenarioRecord",
     "TensorInfo",
-    "clean_text",
     "load_cell",
     "load_cell_safely",
-    "read_json",
 ]
 
 MANIFEST_SCHEMA_PATH = MANIFEST_SCHEMA
 
 _LOG_TAIL_BYTES = 4096
 _READ_BLOCK = 1 << 22  # hashing reads 4 MiB at a time
-#: A manifest is a few hundred KB; anything far larger is not one.
-_MAX_JSON_BYTES = 64 << 20
-#: Numbers beyond this are no timing, shape or statistic a run produces.
-_MAX_NUMBER = 1e300
+#: A run record is a few hundred bytes.
+_MAX_RECORD_BYTES = 1 << 20
+#: A key segment: printable, no separator, never "." or ".." (keys are names,
+#: but nothing that reads like a path should reach a report or a file name).
+_SEGMENT = re.compile(r"^(?!\.{1,2}$)[^/\x00-\x1f\x7f]{1,128}$")
+#: The name of a dtype npz cannot hold, stored widened to float32 (bfloat16,
+#: float8_e4m3fn, ...): a plain lower-case name, not one NumPy itself knows.
+_WIDENED = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,7 +159,7 @@ class CellArtifact:
         """
         info = self.tensors[key]
         path, mtime, size = self._npz_stat
-        if size <= SMALL_NPZ:
+        if self._small:
             return ArraySource(SMALL_CACHE.get(path, mtime, size)[key])
         member = key + ".npy"
         return NpzTensor(self.npz_path, member, info.shape, np.dtype(info.stored_dtype), False)
@@ -153,6 +168,13 @@ class CellArtifact:
     def _npz_stat(self) -> tuple[Path, int, int]:
         stat = self.npz_path.stat()
         return self.npz_path, stat.st_mtime_ns, stat.st_size
+
+    @cached_property
+    def _small(self) -> bool:
+        """Whether the arrays, as the validated headers give their sizes, are
+        small enough to read whole (the file's size says nothing of a
+        compressed one's)."""
+        return sum(t.size_bytes for t in self.tensors.values()) <= SMALL_NPZ
 
     @cached_property
     def phase_index(self) -> Mapping[tuple[str, str], tuple[str, ...]]:
@@ -204,12 +226,12 @@ def load_cell_safely(directory: Path, *, cell_id: str | None = None) -> CellArti
     try:
         manifest = _read_manifest(directory)
     except ArtifactError as exc:
-        return CellArtifact(cell_id=cid, directory=directory, problem=_one_line(exc.message, 600))
+        return CellArtifact(cell_id=cid, directory=directory, problem=one_line(exc.message, 600))
     base = _from_manifest(cid, directory, manifest)
     try:
         tensors = _read_tensor_index(directory, manifest)
     except ArtifactError as exc:
-        return _replace(base, problem=_one_line(exc.message, 600))
+        return _replace(base, problem=one_line(exc.message, 600))
     return _replace(base, tensors=tensors)
 
 
@@ -220,25 +242,47 @@ def _failed_run(cid: str, directory: Path) -> CellArtifact | None:
     out of memory, a crash before the manifest); its reason is the problem.
     """
     record_path = directory / RUN_RECORD
-    if (directory / MANIFEST).exists() or not record_path.is_file():
+    if _present(directory / MANIFEST) or not _present(record_path):
         return None
     try:
-        record = read_json(record_path)
-    except ArtifactError:
-        return None
+        record = read_json(
+            record_path, limit=_MAX_RECORD_BYTES, within=directory, what="a run record"
+        )
+    except ArtifactError as exc:
+        # No manifest and an unreadable record: the record is what to name.
+        return CellArtifact(cell_id=cid, directory=directory, problem=one_line(exc.message, 600))
     if not isinstance(record, dict) or record.get("status") != "failed":
         return None
     axes = record.get("axes")
     return CellArtifact(
         cell_id=cid,
         directory=directory,
-        problem=f"{record_path}: the run failed: {_one_line(str(record.get('reason')))}",
+        problem=f"{shown_path(record_path)}: the run failed: {one_line(str(record.get('reason')))}",
         run_failed=True,
-        axes=dict(axes) if isinstance(axes, dict) else {},
-        executor=str(record["executor"]) if record.get("executor") else None,
-        environment_id=record.get("environment_id"),
-        log_tail=_log_tail(directory / LOG),
+        axes=_plain_axes(axes),
+        executor=_short_text(record.get("executor")),
+        environment_id=_short_text(record.get("environment_id")),
+        log_tail=tail_text(directory / LOG, _LOG_TAIL_BYTES, within=directory),
     )
+
+
+def _present(path: Path) -> bool:
+    """Whether anything (a file, a directory, a dangling link) has this name."""
+    return path.exists() or path.is_symlink()
+
+
+def _plain_axes(value: Any) -> dict[str, Any]:
+    """The axes of a record, as the manifest schema allows them (string,
+    whole number or boolean values); anything else is dropped, since every
+    axis value is sorted, grouped and compared with others later."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(v, str | int) and len(str(v)) <= 256}
+
+
+def _short_text(value: Any) -> str | None:
+    """A string field of a record, if it is one (a record is data, not code)."""
+    return one_line(value, 200) if isinstance(value, str) and value else None
 
 
 def _replace(cell: CellArtifact, **changes: Any) -> CellArtifact:
@@ -247,24 +291,25 @@ def _replace(cell: CellArtifact, **changes: Any) -> CellArtifact:
 
 def _read_manifest(directory: Path) -> Mapping[str, Any]:
     path = directory / MANIFEST
+    where = shown_path(path)
     if not directory.is_dir():
-        raise ArtifactError(f"{directory}: not a directory")
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no manifest.json in this cell directory")
-    manifest = read_json(path)
+        raise ArtifactError(f"{shown_path(directory)}: not a directory")
+    if not _present(path):
+        raise ArtifactError(f"{where}: no manifest.json in this cell directory")
+    manifest = read_json(path, within=directory, what="a manifest")
     if not isinstance(manifest, dict):
-        raise ArtifactError(f"{path}: expected a JSON object")
+        raise ArtifactError(f"{where}: expected a JSON object")
     if manifest.get("schema") != SCHEMA_ID:
-        raise ArtifactError(f"{path}: schema {_show(manifest.get('schema'))} is not {SCHEMA_ID!r}")
+        raise ArtifactError(f"{where}: schema {_show(manifest.get('schema'))} is not {SCHEMA_ID!r}")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ArtifactError(
-            f"{path}: schema_version {_show(version)}, this matrix reads version {SCHEMA_VERSION}; "
-            "re-run the cell or use a matching matrix version"
+            f"{where}: schema_version {_show(version)}, this matrix reads version "
+            f"{SCHEMA_VERSION}; re-run the cell or use a matching matrix version"
         )
     error = _best_error(manifest)
     if error is not None:
-        raise ArtifactError(f"{path}: {error}")
+        raise ArtifactError(f"{where}: {error}")
     return manifest
 
 
@@ -274,7 +319,7 @@ def _best_error(manifest: Mapping[str, Any]) -> str | None:
         return None
     best = jsonschema.exceptions.best_match(errors)
     where = "/".join(str(p) for p in best.absolute_path) or "(top level)"
-    return f"does not match the manifest schema at {where}: {_one_line(best.message)}"
+    return f"does not match the manifest schema at {one_line(where, 120)}: {one_line(best.message)}"
 
 
 def _from_manifest(cid: str, directory: Path, manifest: Mapping[str, Any]) -> CellArtifact:
@@ -310,7 +355,7 @@ def _from_manifest(cid: str, directory: Path, manifest: Mapping[str, Any]) -> Ce
         timings=dict(manifest["timings"]),
         started_at=manifest["started_at"],
         finished_at=manifest["finished_at"],
-        log_tail=_log_tail(directory / LOG),
+        log_tail=tail_text(directory / LOG, _LOG_TAIL_BYTES, within=directory),
     )
 
 
@@ -348,62 +393,71 @@ def _error(body: Mapping[str, Any] | None) -> ErrorRecord | None:
     )
 
 
-def _log_tail(path: Path) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, 2)
-            size = fh.tell()
-            fh.seek(max(0, size - _LOG_TAIL_BYTES))
-            return clean_text(fh.read().decode("utf-8", errors="replace"))
-    except OSError:
-        return ""
-
-
 def _read_tensor_index(directory: Path, manifest: Mapping[str, Any]) -> dict[str, TensorInfo]:
     path = directory / TENSORS
-    if not path.is_file():
-        raise ArtifactError(f"{path}: missing (the manifest lists tensors.npz)")
+    where = shown_path(path)
+    if not _present(path):
+        raise ArtifactError(f"{where}: missing (the manifest lists tensors.npz)")
     expected = manifest["tensors"]["sha256"]
-    actual = _sha256(path)
+    actual = _sha256(path, within=directory)
     if actual != expected:
         raise ArtifactError(
-            f"{path}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}… "
+            f"{where}: sha256 {actual[:12]}… does not match the manifest's {expected[:12]}… "
             "(altered or truncated after the run)"
         )
+    members = npz_index(path)
     dtypes: Mapping[str, str] = manifest["tensors"]["dtypes"]
     index: dict[str, TensorInfo] = {}
-    try:
+    for key, member in members.items():
+        _check_key(key, where)
+        if member.fortran and len(member.shape) > 1:
+            raise ArtifactError(f"{where}: {key} is Fortran-ordered; expected C order")
+        index[key] = TensorInfo(
+            key=key,
+            shape=member.shape,
+            stored_dtype=member.dtype.str,
+            dtype=_true_dtype(key, member, dtypes.get(key), where),
+        )
+    listed = sorted({k for body in manifest["scenarios"].values() for k in body["tensors"]})
+    absent = [k for k in listed if k not in index]
+    if absent:
+        raise ArtifactError(
+            f"{where}: the manifest lists {len(absent)} tensor(s) it does not hold, "
+            f"e.g. {_show(absent[0])}"
+        )
+    if sum(t.size_bytes for t in index.values()) <= SMALL_NPZ:
+        # Small: read it whole now, into the cache the comparisons use.
         stat = path.stat()
-        if stat.st_size <= SMALL_NPZ:
-            # small: read it whole now (it lands in the cache the comparisons use)
-            for key, arr in SMALL_CACHE.get(path, stat.st_mtime_ns, stat.st_size).items():
-                index[key] = TensorInfo(
-                    key=key,
-                    shape=tuple(arr.shape),
-                    stored_dtype=arr.dtype.str,
-                    dtype=dtypes.get(key, arr.dtype.name),
-                )
-            return dict(sorted(index.items()))
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if not info.filename.endswith(".npy"):
-                    continue
-                key = info.filename[: -len(".npy")]
-                with zf.open(info) as fh:
-                    shape, fortran, dtype = npy_header(fh)
-                if fortran and len(shape) > 1:
-                    raise ArtifactError(f"{path}: {key} is Fortran-ordered; expected C order")
-                index[key] = TensorInfo(
-                    key=key, shape=shape, stored_dtype=dtype.str, dtype=dtypes.get(key, dtype.name)
-                )
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError, struct.error, zlib.error) as exc:
-        raise ArtifactError(f"{path}: not a readable .npz ({_one_line(str(exc))})") from None
+        SMALL_CACHE.get(path, stat.st_mtime_ns, stat.st_size)
     return dict(sorted(index.items()))
 
 
-def _sha256(path: Path) -> str:
+def _check_key(key: str, where: str) -> None:
+    """A key is ``scenario/phase/name`` (``reference/`` + one, for an oracle)."""
+    parts = key.split("/")
+    if len(parts) < 3 or len(key) > 512 or not all(_SEGMENT.match(p) for p in parts):
+        raise ArtifactError(f"{where}: tensor key {_show(key)} is not scenario/phase/name")
+
+
+def _true_dtype(key: str, member: NpyMember, claimed: str | None, where: str) -> str:
+    """The dtype the framework produced: the stored one, or a dtype npz cannot
+    hold (bfloat16, float8_*) stored widened to float32. A manifest claiming
+    anything else lies about the array, and its comparisons would be judged
+    in the wrong dtype (a complex array called float32 would lose its
+    imaginary part)."""
+    stored = member.dtype
+    if claimed is None or claimed in (stored.name, str(stored)):
+        return stored.name
+    if stored == np.float32 and _WIDENED.match(claimed) and claimed not in np.sctypeDict:
+        return claimed
+    raise ArtifactError(
+        f"{where}: {_show(key)} is stored as {stored.name} but the manifest says {_show(claimed)}"
+    )
+
+
+def _sha256(path: Path, *, within: Path | None = None) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
+    with open_regular(path, within=within) as fh:
         while block := fh.read(_READ_BLOCK):
             digest.update(block)
     return digest.hexdigest()
@@ -412,70 +466,3 @@ def _sha256(path: Path) -> str:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    return " ".join(text.split())[:limit]
-
-
-# --------------------------------------------------------------------------
-# Untrusted JSON
-
-
-def read_json(path: Path) -> Any:
-    """Parse a JSON file a run left: bounded in size and depth, no NaN or
-    infinities (JSON has neither; Python's parser would take them), no
-    absurd numbers, strings free of lone surrogates. ArtifactError otherwise."""
-    try:
-        if path.stat().st_size > _MAX_JSON_BYTES:
-            raise ArtifactError(f"{path}: larger than {_MAX_JSON_BYTES >> 20} MiB; not a manifest")
-        text = path.read_bytes().decode("utf-8")
-        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    except ArtifactError:
-        raise
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ArtifactError(f"{path}: not readable JSON ({_one_line(str(exc))})") from None
-    try:
-        return _clean(data)
-    except _BadNumber as exc:
-        raise ArtifactError(f"{path}: {exc}") from None
-    except RecursionError:
-        raise ArtifactError(f"{path}: nested too deeply to be a manifest") from None
-
-
-class _BadNumber(ValueError):
-    pass
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or abs(value) > _MAX_NUMBER:
-        raise ValueError(f"the number {text[:40]} is out of range")
-    return value
-
-
-def clean_text(text: str) -> str:
-    """``text`` with lone surrogates (unencodable as UTF-8) replaced by U+FFFD."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, bool) or value is None or isinstance(value, float):
-        return value
-    if isinstance(value, int):
-        if abs(value) > 2**63:
-            raise _BadNumber(f"the integer {str(value)[:20]}... is out of range")
-        return value
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return {clean_text(k): _clean(v) for k, v in value.items()}

@@ -4,7 +4,11 @@ Cells appear in plan order, then any unplanned cells sorted by id, so the
 merge of shards lists exactly what one unsharded directory would. A
 directory that is missing or empty is a problem, not the end: the others are
 still reported. A cell directory whose name is no printable UTF-8 is left
-out with a warning (its name could not be shown or written back).
+out with a warning (its name could not be shown or written back); one that
+is a symlink leading out of its results directory is kept as a corrupt cell
+(it is never read: results are data from wherever they came, not a way to
+make the report read other files). A plan.json that cannot be read is a
+corrupt artifact: the cells are still reported, in directory order.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 from matrix.errors import ArtifactError, ResultsError
 from matrix.execute.planfile import PlanFile, merge_plans, read_plan
+from matrix.untrusted import inside, shown_path
 from scenarios.contract import PLAN
 
 __all__ = ["CellEntry", "ResultsInventory", "discover_results", "shown_name"]
@@ -29,13 +34,15 @@ class CellEntry:
     directory: Path | None  # None: planned but absent from every results dir
     repeats: tuple[Path, ...] = ()
     root: int = 0  # which results directory, by its index
+    #: why the directory must not be read (a symlink out of the results directory)
+    problem: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class ResultsInventory:
     plan: PlanFile  # every directory's plan.json, merged
     cells: tuple[CellEntry, ...]  # one per cell id, in plan order (the first found wins)
-    problems: tuple[tuple[str, str], ...]  # (kind, one line): results | warning
+    problems: tuple[tuple[str, str], ...]  # (kind, one line): results | artifact | warning
     #: every cell directory of every results directory, duplicates included:
     #: the same cell made on two machines is two cells once merged
     entries: tuple[CellEntry, ...] = ()
@@ -68,18 +75,19 @@ def discover_results(
     entries: list[CellEntry] = []
     skipped = {p.resolve() for p in skip}
     for index, root in enumerate(results_dirs):
-        where = ascii(str(root))[1:-1]
+        where = shown_path(root)
         root_plans.append(None)
         if not root.is_dir():
-            problems.append(("results", f"{where}: results directory does not exist"))
+            state = "is not a directory" if root.exists() else "does not exist"
+            problems.append(("results", f"{where}: results directory {state}"))
             continue
         plan_path = root / PLAN
-        if plan_path.is_file():
+        if plan_path.exists() or plan_path.is_symlink():
             try:
                 plans.append(read_plan(plan_path))
                 root_plans[index] = plans[-1]
             except ArtifactError as exc:
-                problems.append(("results", exc.message))
+                problems.append(("artifact", exc.message))
         cells_here = 0
         try:
             children = sorted(root.iterdir())
@@ -87,16 +95,28 @@ def discover_results(
             problems.append(("results", f"{where}: cannot be listed ({exc.strerror or exc})"))
             continue
         for child in children:
-            if child.name.startswith(".") or child.resolve() in skipped or not child.is_dir():
+            if child.name.startswith(".") or not child.is_dir() or child.resolve() in skipped:
                 continue
-            if (child / "report.json").is_file() or (child / "index.html").is_file():
-                continue  # an earlier report written into the results dir
             name = shown_name(child.name)
             if name is None:
                 problems.append(
                     ("warning", f"{str(child)!a}: not a printable UTF-8 name; left out")
                 )
                 continue
+            if child.is_symlink() and not inside(child, root):
+                cells_here += 1
+                refused = CellEntry(
+                    cell_id=name,
+                    directory=child,
+                    root=index,
+                    problem=f"{shown_path(child)}: a symlink out of the results directory "
+                    f"{where}; not read",
+                )
+                entries.append(refused)
+                found.setdefault(name, refused)
+                continue
+            if (child / "report.json").is_file() or (child / "index.html").is_file():
+                continue  # an earlier report written into the results dir
             cells_here += 1
             entry = CellEntry(
                 cell_id=name, directory=child, repeats=_repeat_dirs(child), root=index
@@ -128,7 +148,11 @@ def _repeat_dirs(cell_dir: Path) -> tuple[Path, ...]:
     root = cell_dir / "repeats"
     if not root.is_dir():
         return ()
-    dirs = [p for p in root.iterdir() if p.is_dir() and shown_name(p.name) is not None]
+    dirs = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and shown_name(p.name) is not None and inside(p, cell_dir)
+    ]
     return tuple(sorted(dirs, key=lambda p: _natural_key(p.name)))
 
 

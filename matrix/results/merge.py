@@ -71,22 +71,31 @@ def merge_cells(
         machine_by_key.setdefault(machine.key, machine)
         key_of.append(machine.key)
     labels = distinct_labels(machine_by_key)
-    # A cell without a fingerprint (failed before its manifest) ran where the
-    # other cells of its results directory ran.
+    # One results directory is one run on one host (the scheduler refuses
+    # another machine's runs in it): its machine is the one its sound cells
+    # name. A cell without a fingerprint (failed before its manifest) ran
+    # there too; a cell whose fingerprint names another machine is flagged,
+    # never made a machine of its own (a damaged manifest could name anything).
     root_label: dict[int, str] = {}
     votes: dict[int, Counter[str]] = {}
     for item, key in zip(loaded, key_of, strict=True):
-        if key is not None:
+        if key is not None and item.cell.ok:
             votes.setdefault(item.root, Counter())[labels[key]] += 1
     for root, counter in votes.items():
         root_label[root] = counter.most_common(1)[0][0]
+    problems: list[str] = []
+    for item, key in zip(loaded, key_of, strict=True):
+        held = root_label.get(item.root)
+        if key is not None and held is not None and labels[key] != held and item.cell.ok:
+            problems.append(
+                f"{item.cell.directory}: its fingerprint names machine {labels[key]}, the rest "
+                f"of its results directory {held}; counted as {held}"
+            )
 
     def label(index: int) -> str:
-        key = key_of[index]
-        return labels[key] if key is not None else root_label.get(loaded[index].root, UNKNOWN)
+        return root_label.get(loaded[index].root, UNKNOWN)
 
-    multi = len(set(labels.values())) > 1
-    problems: list[str] = []
+    multi = len(set(root_label.values())) > 1
     cells: dict[str, CellArtifact] = {}
     repeats: dict[str, tuple[CellArtifact, ...]] = {}
     machines: dict[str, str] = {}

@@ -10,10 +10,14 @@ report compares each cell several times.
 from __future__ import annotations
 
 import io
+import math
+import os
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,15 +25,19 @@ import numpy as np
 import numpy.typing as npt
 
 from matrix.errors import ArtifactError
+from matrix.untrusted import one_line, shown_path
 
 __all__ = [
     "SMALL_CACHE",
     "SMALL_NPZ",
     "ArraySource",
     "ChunkSource",
+    "NpyMember",
     "NpzTensor",
     "RealView",
     "npy_header",
+    "npz_index",
+    "read_npz",
 ]
 
 Arr = npt.NDArray[Any]
@@ -228,8 +236,7 @@ class _NpzCache:
         if hit is not None:
             self.files.move_to_end(key)
             return hit[1]
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+        arrays = read_npz(path)
         nbytes = sum(a.nbytes for a in arrays.values()) + 1024
         while self.files and self.used + nbytes > self.budget:
             _, (old, _) = self.files.popitem(last=False)
@@ -244,11 +251,133 @@ SMALL_CACHE = _NpzCache(256 << 20)
 
 
 def npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
-    version = np.lib.format.read_magic(fh)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    """Shape, Fortran order and dtype from an ``.npy`` header; ValueError when
+    the header is not one (NumPy's parser raises many kinds of error on bytes
+    it was never meant to see: TokenError, SyntaxError, MemoryError, ...)."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    except Exception as exc:  # untrusted bytes: whatever the parser raised, not a header
+        detail = f"{type(exc).__name__}: {one_line(str(exc), 120)}"
+        raise ValueError(f"not an .npy header ({detail})") from None
     if dtype.hasobject:
         raise ValueError("object arrays are not allowed")
     return tuple(int(s) for s in shape), bool(fortran), dtype
+
+
+@dataclass(frozen=True, kw_only=True)
+class NpyMember:
+    """One array of an ``.npz`` as its header describes it, checked against its size."""
+
+    key: str
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype[Any]
+    nbytes: int
+
+
+#: What a comparison can judge, and what the frameworks produce: booleans,
+#: integers, IEEE floats up to 64 bits (bfloat16 arrives widened to float32)
+#: and complex numbers. Strings, records, objects, dates and extended
+#: precision are no tensor a cell writes.
+NUMERIC_DTYPES = frozenset(
+    {"bool", "float16", "float32", "float64", "complex64", "complex128"}
+    | {f"{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64)}
+)
+_MAX_MEMBERS = 100_000
+#: Deflate cannot compress better than about 1032:1; a member claiming more
+#: is a decompression bomb or a lie about its size.
+_MAX_RATIO = 1100
+_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+
+
+def npz_index(path: Path) -> dict[str, NpyMember]:
+    """Every member of an ``.npz``, its header checked before any array is read.
+
+    Each member must be an ``.npy`` array of a numeric dtype whose header
+    (shape x itemsize) accounts for exactly the bytes the member holds, and
+    whose sizes fit in the file: a header claiming 10^22 elements, a
+    truncated member or a pickle is refused here, with one line, instead of
+    failing an allocation or unpickling later. ArtifactError otherwise.
+    """
+    where = shown_path(path)
+    try:
+        archive_size = os.stat(path).st_size
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > _MAX_MEMBERS:
+                raise ArtifactError(f"{where}: {len(infos)} members; more than any cell writes")
+            members: dict[str, NpyMember] = {}
+            for info in infos:
+                member = _check_member(zf, info, archive_size, where)
+                if member.key in members:
+                    raise ArtifactError(f"{where}: {member.key!r} is stored twice")
+                members[member.key] = member
+            return members
+    except ArtifactError:
+        raise
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, struct.error, zlib.error) as exc:
+        raise ArtifactError(f"{where}: not a readable .npz ({one_line(str(exc))})") from None
+    except (NotImplementedError, RuntimeError) as exc:  # zipfile: unknown method, encryption
+        raise ArtifactError(f"{where}: not a readable .npz ({one_line(str(exc))})") from None
+
+
+def _check_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive_size: int, where: str
+) -> NpyMember:
+    name = info.filename
+    shown = repr(name) if len(name) <= 80 else repr(name[:77] + "...")
+    if info.is_dir() or not name.endswith(".npy"):
+        raise ArtifactError(f"{where}: member {shown} is not an .npy array")
+    if info.compress_type not in _METHODS:
+        raise ArtifactError(f"{where}: member {shown} uses compression method {info.compress_type}")
+    if info.flag_bits & 0x1:
+        raise ArtifactError(f"{where}: member {shown} is encrypted")
+    if info.header_offset + info.compress_size > archive_size:
+        raise ArtifactError(f"{where}: member {shown} claims more bytes than the file holds")
+    stored = info.compress_type == zipfile.ZIP_STORED
+    if (stored and info.compress_size != info.file_size) or (
+        info.file_size > max(info.compress_size, 1) * _MAX_RATIO
+    ):
+        raise ArtifactError(
+            f"{where}: member {shown} claims {info.file_size} bytes from {info.compress_size}"
+        )
+    with zf.open(info) as fh:
+        try:
+            shape, fortran, dtype = npy_header(fh)
+        except ValueError as exc:
+            raise ArtifactError(f"{where}: member {shown}: {exc}") from None
+        header_bytes = fh.tell()
+    if dtype.name not in NUMERIC_DTYPES:
+        raise ArtifactError(f"{where}: member {shown} holds {dtype.str!r}, not a numeric tensor")
+    if any(s < 0 for s in shape):
+        raise ArtifactError(f"{where}: member {shown} has a negative dimension {list(shape)}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if header_bytes + nbytes != info.file_size:
+        claimed = f"shape {list(shape)[:8]} of {dtype.name} ({nbytes} bytes)"
+        raise ArtifactError(
+            f"{where}: member {shown}: its header claims {claimed} "
+            f"but it holds {info.file_size - header_bytes} bytes of data"
+        )
+    return NpyMember(
+        key=name[: -len(".npy")], shape=shape, fortran=fortran, dtype=dtype, nbytes=nbytes
+    )
+
+
+def read_npz(path: Path) -> dict[str, npt.NDArray[Any]]:
+    """Every array of an ``.npz``, after :func:`npz_index` checked them; never unpickles."""
+    members = npz_index(path)
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for key in members:
+                with zf.open(key + ".npy") as fh:
+                    arrays[key] = np.lib.format.read_array(fh, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, struct.error, zlib.error) as exc:
+        raise ArtifactError(
+            f"{shown_path(path)}: not a readable .npz ({one_line(str(exc))})"
+        ) from None
+    return arrays

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from matrix import command
+from matrix.console import build_log
 from matrix.environments import engine
 from matrix.environments.images import ImageInfo, ensure_image
 from matrix.execute.executors.base import CellRun, Environment, Prepared, failure_reason
@@ -121,7 +122,7 @@ class DockerExecutor:
         base: str | None = None,
         mode: str = "wheelhouse",
         scenarios: Path | None = None,
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] = build_log,
     ) -> None:
         self._base = base
         self._mode = mode
