@@ -446,9 +446,10 @@ OPTIONS: tuple[Option, ...] = (
 # ---- scenarios and phases -------------------------------------------------------------
 
 #: The standard phases, in the order a reader follows a scenario (DESIGN.md):
-#: seeded init, inference from canonical weights, training from them, what a
-#: user who only sets a seed sees. Other phases follow them, alphabetically.
-PHASES = ("init", "forward", "train", "seeded_train")
+#: seeded init (or the weights as loaded from a file), inference from
+#: canonical weights, training from them, what a user who only sets a seed
+#: sees. Other phases follow them, alphabetically.
+PHASES = ("init", "load", "forward", "train", "seeded_train")
 
 
 def phase_rank(phase: str) -> tuple[int, str]:

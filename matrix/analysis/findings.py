@@ -13,6 +13,7 @@ the serialiser writes NaN as null and infinities as "inf"/"-inf".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,7 @@ from matrix.analysis.gate import (
     summarise,
 )
 from matrix.analysis.localize import LayerFinding, Localisation
+from matrix.analysis.portability import FormatMatrix, portability_matrices
 from matrix.execute.planfile import PlanFile
 from matrix.results.artifacts import CellArtifact
 
@@ -58,6 +60,7 @@ __all__ = [
     "ComparisonFinding",
     "Findings",
     "PhaseFinding",
+    "PortabilityFinding",
     "Summary",
     "build_findings",
 ]
@@ -239,6 +242,50 @@ class AttributionRow:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SaveFinding:
+    cell: str
+    model: str
+    status: str  # ok | failed | unsupported | missing
+    reason: str
+    container: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadFinding:
+    saved_in: str
+    loaded_in: str
+    model: str
+    status: str  # loaded | failed | unsupported | not_saved | missing
+    verdict: str
+    reason: str
+    how: str | None
+    max_abs: float
+    max_rel: float
+    max_ulp: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class PortabilityFinding:
+    """One format's "saved in -> loaded in" matrix (portability scenario)."""
+
+    format: str
+    cells: tuple[str, ...]
+    models: tuple[str, ...]
+    saved: tuple[SaveFinding, ...]
+    loads: tuple[LoadFinding, ...]
+
+    def load(self, saved_in: str, loaded_in: str, model: str) -> LoadFinding | None:
+        return next(
+            (
+                x
+                for x in self.loads
+                if (x.saved_in, x.loaded_in, x.model) == (saved_in, loaded_in, model)
+            ),
+            None,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Findings:
     schema: str
     schema_version: int
@@ -258,6 +305,7 @@ class Findings:
     comparisons: tuple[ComparisonFinding, ...]
     attribution: tuple[AttributionRow, ...]
     axis_verdicts: Mapping[str, str]
+    portability: tuple[PortabilityFinding, ...] = ()
 
     def comparisons_of(self, kind: str) -> list[ComparisonFinding]:
         return [c for c in self.comparisons if c.kind == kind]
@@ -290,8 +338,10 @@ def build_findings(
     fail_on: DriftClass | None,
     problems: Sequence[Problem],
     generated_at: str,
+    stage_two: Mapping[str, CellArtifact] | None = None,
 ) -> Findings:
-    """Every comparison of the report and its summary."""
+    """Every comparison of the report and its summary; ``stage_two``: the
+    cells' stage-two runs (the portability matrix)."""
     analysis = _Analysis(thresholds=thresholds)
     by_id = {c.cell_id: c for c in cells}
     ref_cell = by_id.get(reference.cell) if reference.cell else None
@@ -310,7 +360,15 @@ def build_findings(
             for low, high in row.pairs
         ]
 
-    all_problems = [*problems, *_cell_problems(cells, repeats)]
+    all_problems = [
+        *problems,
+        *_cell_problems(cells, repeats),
+        *(
+            Problem(kind="run", message=f"stage two: {run.problem}", cell=cid)
+            for cid, run in (stage_two or {}).items()
+            if run.problem is not None
+        ),
+    ]
     gated = gate_matches(comparisons, fail_on)
     verdicts = Verdicts.count(comparisons)
     summary = summarise(cells, verdicts, determinism, gated, fail_on, all_problems)
@@ -350,6 +408,9 @@ def build_findings(
         comparisons=tuple(_comparison(c) for c in comparisons),
         attribution=tuple(_attribution(row) for row in attribution),
         axis_verdicts={a: v.value for a, v in sorted(axis_verdicts(attribution).items())},
+        portability=tuple(
+            _portability(m) for m in portability_matrices(cells, stage_two or {}, thresholds)
+        ),
     )
 
 
@@ -572,4 +633,36 @@ def _attribution(row: AxisChange) -> AttributionRow:
         columns=effects(row.columns),
         first_layers=row.first_layers,
         expected_to_vary=row.varying,
+    )
+
+
+def _portability(matrix: FormatMatrix) -> PortabilityFinding:
+    def peak(load: Any, attr: str) -> float:
+        return float(getattr(load.comparison, attr)) if load.comparison is not None else math.nan
+
+    return PortabilityFinding(
+        format=matrix.format,
+        cells=matrix.cells,
+        models=matrix.models,
+        saved=tuple(
+            SaveFinding(
+                cell=s.cell, model=s.model, status=s.status, reason=s.reason, container=s.container
+            )
+            for s in matrix.saved
+        ),
+        loads=tuple(
+            LoadFinding(
+                saved_in=x.saved_in,
+                loaded_in=x.loaded_in,
+                model=x.model,
+                status=x.status,
+                verdict=x.verdict.value,
+                reason=x.reason,
+                how=x.how,
+                max_abs=peak(x, "max_abs"),
+                max_rel=peak(x, "max_rel"),
+                max_ulp=peak(x, "max_ulp"),
+            )
+            for x in matrix.loads
+        ),
     )

@@ -105,6 +105,7 @@ def make_findings(
 
     cells: list[CellArtifact] = []
     repeats: dict[str, list[CellArtifact]] = {}
+    stage_two: dict[str, CellArtifact] = {}
     first_root = Path(results_dirs[0])
     for entry in inventory.cells:
         if entry.directory is None:
@@ -119,6 +120,8 @@ def make_findings(
             continue
         cells.append(load_cell_safely(entry.directory, cell_id=entry.cell_id))
         repeats[entry.cell_id] = [load_cell_safely(d, cell_id=entry.cell_id) for d in entry.repeats]
+        if entry.stage_two is not None:
+            stage_two[entry.cell_id] = load_cell_safely(entry.stage_two, cell_id=entry.cell_id)
 
     choice = _choose_reference(cells, reference, inventory.plan.reference, found)
     return build_findings(
@@ -130,6 +133,7 @@ def make_findings(
         fail_on=gate,
         problems=found,
         generated_at=generated_at or _now(),
+        stage_two=stage_two,
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jinja2
@@ -25,7 +25,9 @@ from matrix.analysis.findings import (
     ComparisonFinding,
     Findings,
     LayerPoint,
+    LoadFinding,
     PhaseFinding,
+    PortabilityFinding,
     TensorFinding,
 )
 from matrix.report.serialize import number
@@ -232,8 +234,11 @@ def _context(findings: Findings) -> dict[str, Any]:
         "oracle": "the float64 reference (oracle)",
         "repeat": "the cell's own repeated runs",
     }
+    portability, errors = _portability(findings.portability)
     return {
         "f": findings,
+        "portability": portability,
+        "portability_errors": errors,
         "axes": axes,
         "constant_axes": constant,
         "axis_values": findings.axis_values,
@@ -243,6 +248,51 @@ def _context(findings: Findings) -> dict[str, Any]:
         "colours": CLASS_COLOURS,
         "data_json": embed_json({"details": details, "baselines": baselines}),
     }
+
+
+def _load_part(load: LoadFinding | None, model: str, errors: dict[str, int]) -> dict[str, str]:
+    if load is None:
+        return {"model": model, "verdict": "missing", "label": "—", "title": "no record"}
+    if load.status == "loaded":
+        label = {"identical": "=", "rounding": f"{_short(load.max_ulp)}u"}.get(
+            load.verdict, _short(load.max_rel)
+        )
+        title = f"{load.how or 'loaded'}: {load.reason}"
+    elif load.status == "not_saved":
+        label, title = "not saved", load.reason
+    else:
+        number = errors.setdefault(load.reason, len(errors) + 1)
+        label, title = f"{load.verdict} [{number}]", f"{load.how or ''} {load.reason}".strip()
+    return {"model": model, "verdict": load.verdict, "label": label, "title": title}
+
+
+def _portability(
+    matrices: Sequence[PortabilityFinding],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of each format's saved-in x loaded-in table; the errors numbered once."""
+    errors: dict[str, int] = {}
+    out = []
+    for m in matrices:
+        rows = [
+            {
+                "saver": saver,
+                "entries": [
+                    [_load_part(m.load(saver, loader, model), model, errors) for model in m.models]
+                    for loader in m.cells
+                ],
+            }
+            for saver in m.cells
+        ]
+        remarks = [
+            f"not saved in {s.cell} ({s.model}): {s.reason}" for s in m.saved if s.status != "ok"
+        ]
+        remarks += [
+            f"{s.cell} wrote its {s.model} .keras file as HDF5, not a zip"
+            for s in m.saved
+            if m.format == "keras" and s.container == "hdf5"
+        ]
+        out.append({"format": m.format, "cells": m.cells, "rows": rows, "remarks": remarks})
+    return out, list(errors)
 
 
 def _card(cell: CellFinding, ref_id: str | None, ref_fp: Mapping[str, str]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import html
 import math
 from collections.abc import Sequence
 
-from matrix.analysis.findings import Findings, PhaseEffect
+from matrix.analysis.findings import Findings, LoadFinding, PhaseEffect, PortabilityFinding
 
 __all__ = ["md", "render_markdown"]
 
@@ -106,6 +106,7 @@ def render_markdown(findings: Findings) -> str:
         lines += _capped(differing, len(differing), "cells")
     else:
         lines.append("None: every cell is bitwise identical to the reference.")
+    lines += _portability(findings.portability)
     failures = []
     for cell in findings.cells:
         if cell.problem:
@@ -140,3 +141,77 @@ def render_markdown(findings: Findings) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _short(text: str, limit: int = 360) -> str:
+    """An error as the report lists it: its start and its end, where Keras puts
+    the cause after a dump of the config; report.json keeps it whole."""
+    flat = " ".join(text.split())
+    half = limit // 2
+    return flat if len(flat) <= limit else f"{flat[:half]} … {flat[-half:]}"
+
+
+def _load_text(load: LoadFinding | None, notes: dict[str, int]) -> str:
+    """``identical``, ``rounding (max 3 ULP)``, ``failed [2]`` (the note holds the error)."""
+    if load is None:
+        return "—"
+    text = load.verdict
+    if load.status == "loaded":
+        if load.verdict == "rounding" and math.isfinite(load.max_ulp):
+            text += f" ({load.max_ulp:g} ULP)"
+        elif load.verdict in ("drift", "divergent") and math.isfinite(load.max_rel):
+            text += f" (rel {load.max_rel:.1e})"
+        return text
+    if load.status == "not_saved":
+        return "not saved"
+    number = notes.setdefault(load.reason, len(notes) + 1)
+    return f"{text} [{number}]"
+
+
+def _portability(matrices: Sequence[PortabilityFinding]) -> list[str]:
+    """One table per format: saved in (rows) x loaded in (columns), each entry
+    per model; errors numbered once below, however many loads they hit."""
+    if not matrices:
+        return []
+    lines = [
+        "",
+        "## Saved in → loaded in",
+        "",
+        "Each saved file loaded in each cell, as a user of that version loads it; the "
+        "class compares the loaded model's predictions with the saving cell's own.",
+    ]
+    notes: dict[str, int] = {}
+    for matrix in matrices:
+        lines += [
+            "",
+            f"### {md(matrix.format)}",
+            "",
+            "| saved in ↓ · loaded in → | " + " | ".join(md(c) for c in matrix.cells) + " |",
+            "| --- |" + " --- |" * len(matrix.cells),
+        ]
+        for saver in matrix.cells:
+            entries = []
+            for loader in matrix.cells:
+                parts = [
+                    f"{md(model)}: {md(_load_text(matrix.load(saver, loader, model), notes))}"
+                    for model in matrix.models
+                ]
+                entries.append("<br>".join(parts))
+            lines.append(f"| {md(saver)} | " + " | ".join(entries) + " |")
+        remarks = [
+            f"- not saved in {md(item.cell)} ({md(item.model)}): {md(_short(item.reason))}"
+            for item in matrix.saved
+            if item.status != "ok"
+        ]
+        remarks += [
+            f"- {md(item.cell)} wrote its {md(item.model)} .keras file as HDF5, not a zip"
+            for item in matrix.saved
+            if matrix.format == "keras" and item.container == "hdf5"
+        ]
+        if remarks:
+            lines += ["", *remarks]
+    if notes:
+        lines += ["", "Errors:", ""]
+        errors = [f"{n}. {md(_short(reason))}" for reason, n in notes.items()]
+        lines += _capped(errors, len(errors), "errors")
+    return lines

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from matrix.errors import ArtifactError, ResultsError
 from matrix.execute.planfile import PlanFile, merge_plans, read_plan
-from scenarios.contract import PLAN
+from scenarios.contract import PLAN, STAGE_TWO
 
 __all__ = ["CellEntry", "ResultsInventory", "discover_results", "shown_name"]
 
@@ -28,6 +28,7 @@ class CellEntry:
     cell_id: str
     directory: Path | None  # None: planned but absent from every results dir
     repeats: tuple[Path, ...] = ()
+    stage_two: Path | None = None  # the cell's stage-two run, when there is one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,7 +97,13 @@ def discover_results(
                     )
                 )
                 continue
-            found[name] = CellEntry(cell_id=name, directory=child, repeats=_repeat_dirs(child))
+            stage_two = child / STAGE_TWO
+            found[name] = CellEntry(
+                cell_id=name,
+                directory=child,
+                repeats=_repeat_dirs(child),
+                stage_two=stage_two if stage_two.is_dir() else None,
+            )
         if cells_here == 0:
             problems.append(("results", f"{where}: no cell directories in this results directory"))
     plan = merge_plans(plans)
