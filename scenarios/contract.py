@@ -594,7 +594,7 @@ def register_module(path: str, names: Sequence[str]) -> None:
     """
     import importlib.util
 
-    problem: BaseException | None = None
+    problem: Exception | None = None
     try:
         spec = importlib.util.spec_from_file_location("krm_user_scenario", path)
         if spec is None or spec.loader is None:
@@ -604,6 +604,9 @@ def register_module(path: str, names: Sequence[str]) -> None:
     except Exception as exc:  # broad on purpose: the user's module failing is a result
         problem = exc
     for name in names:
-        if name not in _REGISTRY:
-            why = problem or LookupError(f"it registers no scenario named {name!r}")
-            _REGISTRY[name] = _broken(name, path, why, imported=problem is None)
+        if problem is not None:
+            # Even what it registered before raising: a half-imported module is no base.
+            _REGISTRY[name] = _broken(name, path, problem)
+        elif name not in _REGISTRY:
+            why = LookupError(f"it registers no scenario named {name!r}")
+            _REGISTRY[name] = _broken(name, path, why, imported=True)
