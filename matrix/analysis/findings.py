@@ -306,6 +306,8 @@ class Findings:
     attribution: tuple[AttributionRow, ...]
     axis_verdicts: Mapping[str, str]
     portability: tuple[PortabilityFinding, ...] = ()
+    #: the user's files the cells read (--model, --inputs...): file name and sha256
+    inputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def comparisons_of(self, kind: str) -> list[ComparisonFinding]:
         return [c for c in self.comparisons if c.kind == kind]
@@ -411,6 +413,7 @@ def build_findings(
         portability=tuple(
             _portability(m) for m in portability_matrices(cells, stage_two or {}, thresholds)
         ),
+        inputs={k: dict(v) for k, v in plan.inputs.items()},
     )
 
 

@@ -2,9 +2,10 @@
 
 The cells the spec expanded to (in spec order, so the report lists cells and
 orders axis values as the spec did, and names planned cells that never
-produced a directory), the axes, the reference cell, the repeats and the
-tolerances. The scheduler writes it; the report reads it, merging the
-plan.json of every shard it is given.
+produced a directory), the axes, the reference cell, the repeats, the
+tolerances and the user's files the cells read (name and sha256). The
+scheduler writes it; the report reads it, merging the plan.json of every
+shard it is given.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class PlanFile:
     name: str | None = None
     repeats: int | None = None
     shard: tuple[int, int] | None = None
+    #: the user's files, by option (model, inputs...): {"file": as given, "sha256": ...}
+    inputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,11 +50,21 @@ class PlanFile:
             "repeats": self.repeats,
             "tolerances": {k: dict(v) for k, v in self.tolerances.items()},
             "shard": list(self.shard) if self.shard else None,
+            "inputs": {k: dict(v) for k, v in self.inputs.items()},
         }
 
 
-def plan_file(plan: RunPlan) -> PlanFile:
+def plan_file(plan: RunPlan, digests: Mapping[str, str] | None = None) -> PlanFile:
+    """``digests``: content digest of each of the user's files, by its name in the copy."""
+    files = plan.user.files if plan.user is not None else ()
     return PlanFile(
+        inputs={
+            f.option.removeprefix("user_"): {
+                "file": f.given.name,
+                "sha256": (digests or {}).get(f.name, ""),
+            }
+            for f in files
+        },
         spec=str(plan.spec.path),
         name=plan.spec.name,
         cells=tuple(c.id for c in plan.all_cells),
@@ -74,8 +87,8 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def write_plan(results: Path, plan: RunPlan) -> None:
-    text = json.dumps(plan_file(plan).to_json(), indent=2, sort_keys=True) + "\n"
+def write_plan(results: Path, plan: RunPlan, digests: Mapping[str, str] | None = None) -> None:
+    text = json.dumps(plan_file(plan, digests).to_json(), indent=2, sort_keys=True) + "\n"
     atomic_write(results / PLAN, text)
 
 
@@ -99,6 +112,10 @@ def read_plan(path: Path) -> PlanFile:
         ref = data.get("reference")
         spec = data.get("spec")
         name = data.get("name")
+        inputs = {
+            _text(option): {_text(k): _text(v) for k, v in entry.items()}
+            for option, entry in (data.get("inputs") or {}).items()
+        }
     except (TypeError, ValueError, AttributeError) as exc:
         raise ArtifactError(f"{path}: malformed ({_one_line(str(exc))}); ignored") from None
     return PlanFile(
@@ -108,6 +125,7 @@ def read_plan(path: Path) -> PlanFile:
         axes=axes,
         spec=_text(spec) if spec is not None else None,
         name=_text(name) if name is not None else None,
+        inputs=inputs,
     )
 
 
@@ -131,8 +149,14 @@ def merge_plans(plans: Sequence[PlanFile]) -> PlanFile:
         axes += [a for a in plan.axes if a not in axes]
     reference = next((p.reference for p in plans if p.reference), None)
     spec = next((p.spec for p in plans if p.spec), None)
+    inputs = next((p.inputs for p in plans if p.inputs), {})
     return PlanFile(
-        cells=tuple(cells), reference=reference, tolerances=tolerances, axes=tuple(axes), spec=spec
+        cells=tuple(cells),
+        reference=reference,
+        tolerances=tolerances,
+        axes=tuple(axes),
+        spec=spec,
+        inputs=inputs,
     )
 
 

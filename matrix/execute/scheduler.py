@@ -148,10 +148,10 @@ def execute(
     summary = RunSummary()
     results = results.absolute()
     results.mkdir(parents=True, exist_ok=True)
-    write_plan(results, plan)
-    scen_hash = scenarios_hash(SCENARIOS)
     # The user's files are copied (and hashed) once, before any cell reads them.
     user = snapshot(plan.user, results) if plan.user is not None else None
+    write_plan(results, plan, user.digests if user is not None else None)
+    scen_hash = scenarios_hash(SCENARIOS)
     started = time.monotonic()
 
     second = plan.stage_two_tasks

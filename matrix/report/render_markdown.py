@@ -12,7 +12,13 @@ import html
 import math
 from collections.abc import Sequence
 
-from matrix.analysis.findings import Findings, LoadFinding, PhaseEffect, PortabilityFinding
+from matrix.analysis.findings import (
+    Findings,
+    LoadFinding,
+    PhaseEffect,
+    PhaseFinding,
+    PortabilityFinding,
+)
 
 __all__ = ["md", "render_markdown"]
 
@@ -58,6 +64,7 @@ def render_markdown(findings: Findings) -> str:
         "",
         f"**Outcome:** {md(s.outcome)} (exit code {s.exit_code})",
         "",
+        *_inputs(findings),
         "## Verdicts (scenario phases)",
         "",
         "| class | vs reference cell | vs float64 oracle | across repeats |",
@@ -95,7 +102,7 @@ def render_markdown(findings: Findings) -> str:
         if comp.verdict in ("identical", "unsupported"):
             continue
         bad = [
-            f"{md(p.column)} {p.verdict}"
+            f"{md(p.column)} {p.verdict}{_first_layer(p)}"
             for p in comp.phases
             if p.verdict != "identical" and not p.expected_to_vary
         ]
@@ -141,6 +148,24 @@ def render_markdown(findings: Findings) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _inputs(findings: Findings) -> list[str]:
+    """What the cells ran besides the built-in scenarios: the user's files."""
+    if not findings.inputs:
+        return []
+    parts = [
+        f"--{md(option)} {md(entry.get('file', ''))} (sha256 {md(entry.get('sha256', '')[:12])})"
+        for option, entry in findings.inputs.items()
+    ]
+    return [f"**Your files:** {' · '.join(parts)}", ""]
+
+
+def _first_layer(phase: PhaseFinding) -> str:
+    """' from layer gru': where a forward pass first leaves identical."""
+    loc = phase.localisation
+    first = loc.first_change if loc is not None else None
+    return f" from layer {md(first.name)}" if first is not None else ""
 
 
 def _short(text: str, limit: int = 360) -> str:
