@@ -22,7 +22,9 @@ from matrix.plan.spec import load_spec
 from matrix.plan.stacks import load_catalog
 from matrix.plan.tasks import RunPlan, make_plan
 from matrix.user.check import check_user
-from scenarios.contract import FILES, STAGE_TWO
+from scenarios import contract
+from scenarios.contract import FILES, STAGE_TWO, default_scenarios, registry
+from scenarios.settings import SettingsError, parse_settings, resolve_scenarios
 
 CATALOG = load_catalog()
 TWO_STACKS = "[matrix]\nrepeats=1\n[axes]\nstack=['tf-2.15','tf-2.21']\n"
@@ -222,3 +224,59 @@ def test_docker_mounts_every_input_read_only(tmp_path: Path) -> None:
     assert mounts[f"{CONTAINER_INPUTS}/model.keras"].source == model.path
     writable = [m.target for m in spec.mounts if not m.read_only]
     assert writable == ["/out"]
+
+
+# ---- the contract: stages, opt-in scenarios, user modules ------------------------------
+
+
+def test_the_portability_scenario_has_two_stages_and_is_opt_in() -> None:
+    known = registry()
+    assert known["portability"].stages == (1, 2)
+    assert not known["portability"].default
+    assert known["user_model"].needs == "user_model" and not known["user_model"].default
+    assert set(default_scenarios(known)) == {
+        name for name, s in known.items() if s.default and s.needs is None
+    }
+    assert "portability" not in default_scenarios(known)
+
+
+def test_a_second_stage_needs_a_first() -> None:
+    def later(ctx: object) -> None:
+        return None
+
+    later.__module__ = "tests.nowhere"
+    with pytest.raises(ValueError, match="before stage 1"):
+        contract.scenario("no_first_stage", phases=("loaded",), summary="x", stage=2)(later)
+
+
+def test_the_runner_refuses_what_a_scenario_cannot_run() -> None:
+    known = registry()
+    with pytest.raises(SettingsError, match="needs --user-model"):
+        resolve_scenarios(parse_settings(None, {"scenarios": "user_model"}), known)
+    with pytest.raises(SettingsError, match="no second stage"):
+        resolve_scenarios(parse_settings(None, {"scenarios": "seeded_mlp", "stage": 2}), known)
+    two = resolve_scenarios(parse_settings(None, {"scenarios": "portability", "stage": 2}), known)
+    assert two.scenarios == ("portability",)
+    with pytest.raises(SettingsError, match="sources"):
+        parse_settings(None, {"sources": "[1, 2]"})
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("raise RuntimeError('broken on purpose')\n", "could not be imported: RuntimeError"),
+        ("x = 1\n", "defines nothing usable: LookupError"),
+    ],
+)
+def test_a_user_module_that_fails_fails_its_scenario(
+    tmp_path: Path, source: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A registry of this test's own: the process's stays as it was.
+    monkeypatch.setattr(contract, "_REGISTRY", dict(contract._REGISTRY))
+    module = tmp_path / "mine.py"
+    module.write_text(source)
+    name = "user_probe"
+    contract.register_module(str(module), [name])
+    broken = registry()[name]
+    with pytest.raises(ImportError, match=message):
+        broken.run(None)

@@ -241,6 +241,7 @@ def test_training_options_go_together(tmp_path: Path, inputs: Path) -> None:
     y = npz(tmp_path / "y.npz", y=np.zeros((8, 1)))
     fails("needs --targets", model=model, inputs=inputs, train_steps=3)
     fails("add --train-steps", model=model, inputs=inputs, targets=y)
+    fails("--loss is only used for training", model=model, inputs=inputs, loss="mae")
     fails("from 1", model=model, inputs=inputs, targets=y, train_steps=0)
     short = npz(tmp_path / "short.npz", y=np.zeros((5, 1)))
     fails("5 samples", model=model, inputs=inputs, targets=short, train_steps=3)

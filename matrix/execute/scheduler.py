@@ -211,17 +211,20 @@ def execute(
                 env_ids[env.name] = prepared.id
                 for task in by_env[env.name]:
                     ready.put((order[(task.cell.id, task.repeat, task.stage)], task))
-            for task in second if not stop.is_set() else ():
+            # Stage two last: the queue hands these out after every stage-one run.
+            for task in second:
                 environment = task.cell.environment
+                if stop.is_set():
+                    break
                 if environment in env_ids:
                     ready.put((order[(task.cell.id, task.repeat, task.stage)], task))
-                else:
-                    outcome = RunOutcome(
-                        task=task, status="failed", seconds=0.0,
-                        reason=f"environment: {summary.build_errors.get(environment)}",
-                    )  # fmt: skip
-                    _record_failure(results, task, outcome, executor.name, None)
-                    report(outcome)
+                    continue
+                outcome = RunOutcome(
+                    task=task, status="failed", seconds=0.0,
+                    reason=f"environment: {summary.build_errors.get(environment)}",
+                )  # fmt: skip
+                _record_failure(results, task, outcome, executor.name, None)
+                report(outcome)
         except BaseException as exc:  # DiskFullError and bugs alike end the run
             fatal.append(exc)
             stop.request()

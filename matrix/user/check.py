@@ -143,8 +143,9 @@ def _model_run(
         raise UserInputError(f"--train-steps must be from 1 to {_MAX_TRAIN_STEPS}")
     if train_steps is not None and targets is None:
         raise UserInputError("--train-steps needs --targets Y.npz: what the model trains towards")
-    if targets is not None and train_steps is None:
-        raise UserInputError("--targets is only used for training: add --train-steps N")
+    if train_steps is None and (targets is not None or loss is not None):
+        what = "--targets" if targets is not None else "--loss"
+        raise UserInputError(f"{what} is only used for training: add --train-steps N")
     if loss is not None and loss not in _LOSSES:
         raise UserInputError(f"--loss {loss!r}: expected one of {', '.join(_LOSSES)}")
     if batch_size is not None and not 1 <= batch_size <= 1 << 20:

@@ -80,13 +80,11 @@ def _builder(ctx: ScenarioContext, path: str) -> Any:
 def load(ctx: ScenarioContext, path: Path, builder: str | None, x: Any) -> tuple[Any, str]:
     """The user's model as a user of this version loads it, and how."""
     fw = ctx.fw
-    name = path.name
     if path.is_dir():
         model, how = fw.load_savedmodel(path)
         return model, how
-    if name.endswith(".weights.h5"):
-        if builder is None:
-            raise ValueError("a .weights.h5 file needs a builder module (--builder)")
+    if builder is not None:
+        # A weights file: Keras picks its reader by the name (.weights.h5 or .h5).
         model = _builder(ctx, builder)
         if not model.built:
             # A model built without an input shape gets its variables on the first call.
