@@ -38,6 +38,8 @@ def matrix(session: nox.Session) -> None:
     nox -s matrix -- [--spec FILE] [--only EXPR] [--executor auto|docker|venv|host]
                      [--jobs N] [--shard I/N] [--repeats N] [--dry-run] [--no-cache]
                      [--fail-on CLASS] [--list-json]
+                     [--model PATH --inputs X.npz [--builder PY] [--targets Y.npz --train-steps N]]
+                     [--scenario PATH.py]
     """
     _install(session)
     session.run("python", "-m", "matrix", "run", *session.posargs)

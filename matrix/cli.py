@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -31,6 +32,7 @@ from matrix.plan.cells import parse_shard
 from matrix.plan.spec import EXECUTORS, check_name, load_spec
 from matrix.plan.stacks import Stack, load_catalog
 from matrix.plan.tasks import RunPlan, make_plan
+from matrix.user.check import UserRun, check_user
 
 __all__ = ["main"]
 
@@ -177,6 +179,7 @@ def _run_parser() -> argparse.ArgumentParser:
         "--list-json", action="store_true", help="print the cells as JSON for a CI matrix and stop"
     )
     p.add_argument("--no-report", action="store_true", help="run cells only; render nothing")
+    _user_options(p)
     return p
 
 
@@ -208,6 +211,70 @@ def _apply_image_options(opts: argparse.Namespace) -> None:
     registry_settings()  # a malformed --registry is refused before any work
 
 
+def _user_options(p: argparse.ArgumentParser) -> None:
+    """Your own model (or scenario module) in every cell, instead of the built-in scenarios."""
+    g = p.add_argument_group("your model (instead of the built-in scenarios)")
+    g.add_argument(
+        "--model",
+        type=Path,
+        metavar="PATH",
+        help="a .keras or .h5 file, a .weights.h5 file (with --builder) or a SavedModel directory",
+    )
+    g.add_argument(
+        "--builder",
+        type=Path,
+        metavar="PY",
+        help="with a .weights.h5 --model: a module whose build() (or build(keras)) returns "
+        "the model",
+    )
+    g.add_argument(
+        "--inputs",
+        type=Path,
+        metavar="X.npz",
+        help="the inputs every cell predicts: one array, or one per model input named after it",
+    )
+    g.add_argument(
+        "--targets", type=Path, metavar="Y.npz", help="training targets (with --train-steps)"
+    )
+    g.add_argument(
+        "--train-steps",
+        type=int,
+        metavar="N",
+        help="also train N batches with SGD (learning rate 0.01) from the given weights",
+    )
+    g.add_argument(
+        "--loss",
+        default=None,
+        help="the training loss (default: the model's own compiled loss where the file names "
+        "one, else mse)",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="predict and training batch size (default 32, or the batch the model fixes)",
+    )
+    g.add_argument(
+        "--scenario",
+        type=Path,
+        metavar="PATH.py",
+        help="a module defining a scenario with @scenario(...): its own model, data and steps",
+    )
+
+
+def _user_run(opts: argparse.Namespace) -> UserRun | None:
+    return check_user(
+        model=opts.model,
+        builder=opts.builder,
+        inputs=opts.inputs,
+        targets=opts.targets,
+        scenario=opts.scenario,
+        train_steps=opts.train_steps,
+        loss=opts.loss,
+        batch_size=opts.batch_size,
+    )
+
+
 def default_jobs() -> int:
     """One TensorFlow process needs ~1 GiB and is happiest with a core."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -223,6 +290,8 @@ def cmd_run(argv: list[str]) -> int:
     gate_class(opts.fail_on)  # every choice is checked before any work
     if opts.jobs is not None and not 1 <= opts.jobs <= 256:
         raise SpecError("--jobs must be from 1 to 256")
+    # The user's files, before any image or venv is built (exit 12).
+    user = _user_run(opts)
     catalog = load_catalog()
     spec = load_spec(opts.spec, catalog)
     shard_spec = parse_shard(opts.shard) if opts.shard else None
@@ -234,6 +303,7 @@ def cmd_run(argv: list[str]) -> int:
         repeats=opts.repeats,
         reference=opts.reference,
         environment=opts.environment,
+        user=user,
     )
     if opts.list_json:
         # ensure_ascii: every string an ASCII escape, whatever the spec held.
@@ -241,8 +311,11 @@ def cmd_run(argv: list[str]) -> int:
         return 0
     if plan.reference_note:
         console.notice(plan.reference_note)
+    for note in user.notes if user is not None else ():
+        console.notice(note)
 
-    results = opts.results or _default_results(spec.name, shard_spec, opts.environment)
+    name = spec.name if user is None else _user_results_name(spec.name, user)
+    results = opts.results or _default_results(name, shard_spec, opts.environment)
     _check_results_dir(results)
     if opts.engine:
         from matrix.environments.engine import select_engine
@@ -263,9 +336,8 @@ def cmd_run(argv: list[str]) -> int:
         f"environments, executor {executor.name}, {jobs} jobs -> {results}",
     )
     started = time.monotonic()
-    progress = RunProgress(
-        out=console, images=len(plan.environments), runs=len(plan.tasks), jobs=jobs
-    )
+    runs = len(plan.tasks) + len(plan.stage_two_tasks)
+    progress = RunProgress(out=console, images=len(plan.environments), runs=runs, jobs=jobs)
     stop = Stop()
     with _signals_stop(stop), console.live(progress.status):
         try:
@@ -363,7 +435,8 @@ def _raise_for_runs(summary: RunSummary, results: Path) -> None:
         first = summary.failed[0]
         raise CellsFailed(
             f"{len(summary.failed)} run(s) failed, e.g. {first.task.cell.id} r{first.task.repeat}: "
-            f"{first.reason} (see {run_dir(results, first.task.cell.id, first.task.repeat)})"
+            f"{first.reason} "
+            f"(see {run_dir(results, first.task.cell.id, first.task.repeat, first.task.stage)})"
         )
 
 
@@ -392,6 +465,12 @@ def _signals_stop(stop: Stop) -> Iterator[None]:
 def _check_results_dir(results: Path) -> None:
     if results.exists() and not results.is_dir():
         raise SpecError(f"--results {results}: exists and is not a directory")
+
+
+def _user_results_name(spec_name: str, user: UserRun) -> str:
+    """``<spec>-<model or module stem>``: your runs do not replace the built-in ones."""
+    label = re.sub(r"[^A-Za-z0-9._-]", "-", user.label).strip(".-") or "user"
+    return f"{spec_name}-{label}"[:64]
 
 
 def _default_results(
@@ -431,6 +510,13 @@ def _dry_run(plan: RunPlan, executor_name: str, results: Path, catalog: dict[str
         f" ({plan.spec.path}): {len(plan.cells)} cells, {plan.repeats} repeats, "
         f"reference {plan.reference}, executor {executor_name}",
     )
+    output.line(f"scenarios: {', '.join(plan.scenarios)}")
+    if plan.stage_two:
+        output.line(f"stage two: {', '.join(plan.stage_two)}, once per cell after stage one")
+    if plan.user is not None:
+        for item in plan.user.files:
+            flag = item.option.removeprefix("user_")
+            output.line(f"  --{flag}: {item.given} (read as {item.name})")
     output.line("environments:")
     for stack_name, target in plan.environments:
         state = _environment_state(catalog[stack_name], target, executor_name)

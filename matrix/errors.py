@@ -97,3 +97,14 @@ class DownloadStalled(MatrixError):
 INTERRUPTED = 130
 
 __all__ += ["INTERRUPTED", "CellsFailed", "DownloadStalled"]
+
+
+class UserInputError(MatrixError):
+    """Your model, builder, inputs, targets or scenario module cannot be used
+    (missing, not a model, not an .npz of numbers, shapes that do not fit):
+    found on the host before any image or venv is built."""
+
+    exit_code = 12
+
+
+__all__ += ["UserInputError"]

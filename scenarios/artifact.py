@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from scenarios.contract import ARTIFACT_FILES, LOG, MANIFEST, SCHEMA_ID, SCHEMA_VERSION, TENSORS
+from scenarios.contract import (
+    ARTIFACT_FILES,
+    FILES,
+    LOG,
+    MANIFEST,
+    SCHEMA_ID,
+    SCHEMA_VERSION,
+    TENSORS,
+)
 
 __all__ = [
     "MANIFEST",
@@ -106,12 +114,29 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def _file_index(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under ``root`` (sorted)."""
+    return {
+        path.relative_to(root).as_posix(): sha256_file(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
 def write_artifact(
-    out: Path, *, store: TensorStore, manifest: dict[str, Any], log: str, force: bool
+    out: Path,
+    *,
+    store: TensorStore,
+    manifest: dict[str, Any],
+    log: str,
+    force: bool,
+    files: Path | None = None,
 ) -> Path:
     """Write the three files into a sibling temp dir, then rename into place.
 
-    The manifest's `tensors` entry (file, sha256, dtypes) is filled here.
+    The manifest's `tensors` entry (file, sha256, dtypes) is filled here;
+    ``files`` (what the scenarios saved) moves in as ``files/``, listed in
+    the manifest's `files` with their sha256.
     """
     check_out_dir(out, force=force)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -129,6 +154,9 @@ def write_artifact(
             "sha256": sha256_file(tensors_path),
             "dtypes": dict(store.dtypes),
         }
+        if files is not None:
+            os.rename(files, tmp / FILES)
+            manifest["files"] = _file_index(tmp / FILES)
         (tmp / LOG).write_text(log, encoding="utf-8")
         # The manifest goes last: its presence means the rest is complete.
         (tmp / MANIFEST).write_text(

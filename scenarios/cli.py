@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import NoReturn
 
-from scenarios.contract import EXECUTORS, OPTIONS, Meta, registry, setting_axes
+from scenarios.contract import EXECUTORS, OPTIONS, Meta, register_module, registry, setting_axes
 from scenarios.settings import (
     SettingsError,
     apply_environment,
@@ -36,6 +38,10 @@ __all__ = [
 EXIT_BAD_ARGS = 2
 EXIT_OUT_REFUSED = 3
 EXIT_WRITE_FAILED = 4
+
+
+_METAVARS = {"count": "N", "scenarios": "A,B", "scenario": "SCENARIO", "path": "PATH",
+             "sources": "JSON"}  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                 option.option,
                 dest=option.name,
                 type=int if option.kind == "count" else str,
-                metavar={"count": "N", "scenarios": "A,B"}.get(option.kind, "SCENARIO"),
+                choices=option.choices or None,
+                metavar="|".join(option.choices) if option.choices else _METAVARS[option.kind],
                 help=f"{option.help} (default {option.default})"
                 if option.default is not None
                 else option.help,
@@ -156,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     env_changes = apply_environment(settings, backend_hint())
     try:
         # The scenario modules load NumPy (no framework): only now.
-        settings = resolve_scenarios(settings, registry())
+        known = registry()
+        if settings.user_scenario:
+            # The user's module may import a framework: only after the environment is set.
+            register_module(settings.user_scenario, settings.scenarios or ())
+            known = registry()
+        settings = resolve_scenarios(settings, known)
     except SettingsError as exc:
         return _refuse(EXIT_BAD_ARGS, str(exc))
 
@@ -170,23 +182,36 @@ def main(argv: list[str] | None = None) -> int:
     except ArtifactError as exc:
         return _refuse(EXIT_OUT_REFUSED, str(exc))
 
-    with LogTee() as tee:
-        result = run_cell(
-            settings=settings,
-            meta=meta,
-            env_changes=env_changes,
-            started_at=started_at,
-            t_start=t_start,
-        )
-        summary = ", ".join(f"{k}={v['status']}" for k, v in result.manifest["scenarios"].items())
-        print(f"scenarios: {summary}; total {result.manifest['timings']['total']:.1f}s")
-    finish(result, tee.text())
+    # Files the scenarios save (models) go beside --out first, into the
+    # artifact with the rest when it is written.
+    files = out.parent / f".{out.name}.files-{os.getpid()}"
     try:
+        with LogTee() as tee:
+            result = run_cell(
+                settings=settings,
+                meta=meta,
+                env_changes=env_changes,
+                started_at=started_at,
+                t_start=t_start,
+                files=files,
+            )
+            summary = ", ".join(
+                f"{k}={v['status']}" for k, v in result.manifest["scenarios"].items()
+            )
+            print(f"scenarios: {summary}; total {result.manifest['timings']['total']:.1f}s")
+        finish(result, tee.text())
         write_artifact(
-            out, store=result.store, manifest=result.manifest, log=tee.text(), force=args.force
+            out,
+            store=result.store,
+            manifest=result.manifest,
+            log=tee.text(),
+            force=args.force,
+            files=files if files.is_dir() else None,
         )
     except ArtifactError as exc:
         return _refuse(EXIT_OUT_REFUSED, str(exc))
     except OSError as exc:
         return _refuse(EXIT_WRITE_FAILED, f"cannot write the artifact to {out}: {exc}")
+    finally:
+        shutil.rmtree(files, ignore_errors=True)
     return 0

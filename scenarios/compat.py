@@ -12,6 +12,7 @@ import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -19,7 +20,14 @@ import numpy as np
 
 from scenarios.settings import backend_hint
 
-__all__ = ["Framework", "backend_hint", "load"]
+__all__ = ["Framework", "Unsupported", "backend_hint", "load"]
+
+
+class Unsupported(Exception):
+    """This environment cannot do what a scenario asks at all (a file format
+    its Keras cannot read, a backend without TensorFlow): the scenario, or
+    the one load, is recorded as ``unsupported`` with this message, not as
+    failed. Scenarios raise it through ``scenarios.context``."""
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -157,6 +165,115 @@ class Framework:
         if states is None:
             return []
         return [self.to_numpy(s) for s in states]
+
+    # ---- saved models -------------------------------------------------
+    # What a user of this version writes to save and load each format; the
+    # portability and user_model scenarios go through these alone.
+
+    def save(self, model: Any, fmt: str, path: Path) -> str:
+        """Save ``model`` to ``path`` in ``fmt`` (keras, h5, weights_h5,
+        savedmodel); return the call used. Raises Unsupported where this
+        version has no way to write the format."""
+        if fmt == "weights_h5":
+            model.save_weights(str(path))
+            return "model.save_weights"
+        if fmt != "savedmodel":
+            model.save(str(path))
+            return "model.save"
+        if self.major < 3:
+            model.save(str(path), save_format="tf")
+            return "model.save(save_format='tf')"
+        if self.backend != "tensorflow" and self._tensorflow() is None:
+            raise Unsupported(
+                f"Keras {self.version} on {self.backend} exports a SavedModel through "
+                "TensorFlow, which this environment does not have"
+            )
+        # Keras 3 refuses model.save() to a directory; export() is its SavedModel.
+        model.export(str(path))
+        return "model.export"
+
+    def load_model(self, path: Path) -> Any:
+        """keras.models.load_model without the optimizer: the question is
+        whether the model and its weights come back, not the training state."""
+        return self.keras.models.load_model(str(path), compile=False)
+
+    def load_savedmodel(self, path: Path) -> tuple[Any, str]:
+        """A SavedModel directory, loaded as this version's users do: Keras 2
+        ``load_model`` (a Keras model back), Keras 3 through TensorFlow's own
+        loader (what ``keras.layers.TFSMLayer`` wraps: a function, no layers).
+        Returns (a Keras model or a callable on one batch, how)."""
+        if self.major < 3:
+            model = self.load_model(path)
+            if not hasattr(model, "predict"):
+                # What Keras 2 gives back for a SavedModel without Keras metadata
+                # (Keras 3's model.export): a revived object with no model API.
+                raise TypeError(
+                    f"keras.models.load_model returned a {type(model).__name__}, not a model: "
+                    "the SavedModel carries no Keras metadata"
+                )
+            return model, "keras.models.load_model"
+        tf = self._tensorflow()
+        if tf is None:
+            raise Unsupported(
+                f"Keras {self.version} on {self.backend} reads a SavedModel only through "
+                "TensorFlow (keras.layers.TFSMLayer), which this environment does not have"
+            )
+        # The closures hold `loaded`: its variables die with it.
+        loaded = tf.saved_model.load(str(path))
+        if hasattr(loaded, "serve"):  # written by Keras 3's model.export
+
+            def serve(batch: np.ndarray) -> Any:
+                return loaded.serve(tf.constant(batch))
+
+            return serve, "tf.saved_model.load(...).serve"
+        (name,) = loaded.signatures["serving_default"].structured_input_signature[1]
+
+        def serving_default(batch: np.ndarray) -> Any:
+            (out,) = loaded.signatures["serving_default"](**{name: tf.constant(batch)}).values()
+            return out
+
+        return serving_default, "tf.saved_model.load(...).signatures['serving_default']"
+
+    def _tensorflow(self) -> Any:
+        if self.tf is not None:
+            return self.tf
+        try:
+            return importlib.import_module("tensorflow")
+        except ImportError:
+            return None
+
+    def output_layers(self, model: Any) -> list[Any]:
+        """The layers whose outputs a forward pass records, in model order:
+        input layers are left out, since Keras lists them in functional
+        models and not in sequential ones (the keys must line up)."""
+        return [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+
+    def outputs_model(self, model: Any, layers: Sequence[Any]) -> Any:
+        """A model returning the outputs of ``layers``, for drift localisation."""
+        return self.keras.Model(inputs=model.inputs, outputs=[layer.output for layer in layers])
+
+    def fixed_batch_size(self, model: Any) -> int | None:
+        """The batch size a model's inputs fix (a stateful model's batch_shape)."""
+        try:
+            size = model.inputs[0].shape[0]
+        except (AttributeError, IndexError, TypeError, ValueError):
+            return None
+        return int(size) if size is not None else None
+
+    def is_stateful(self, model: Any) -> bool:
+        return any(getattr(layer, "stateful", False) for layer in model.layers)
+
+    def train_step(self, model: Any, x: Any, y: Any) -> float:
+        """One optimizer step on one batch; the batch's loss before the step."""
+        out = model.train_on_batch(x, y)
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        if isinstance(out, dict):
+            out = out.get("loss", next(iter(out.values())))
+        return float(self.to_numpy(out))
+
+    def sgd(self, learning_rate: float) -> Any:
+        return self.keras.optimizers.SGD(learning_rate=learning_rate)
 
     # ---- tensors ------------------------------------------------------
     def to_numpy(self, value: Any) -> np.ndarray:

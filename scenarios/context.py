@@ -7,13 +7,14 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from scenarios.artifact import TensorStore
-from scenarios.compat import Framework
+from scenarios.compat import Framework, Unsupported
 from scenarios.settings import Settings
 
-__all__ = ["FRAMEWORK_PARTS", "InjectedFailure", "ScenarioContext", "error_record"]
+__all__ = ["FRAMEWORK_PARTS", "InjectedFailure", "ScenarioContext", "Unsupported", "error_record"]
 
 TRACEBACK_LINES = 25
 
@@ -45,6 +46,17 @@ class ScenarioContext:
     keys: list[str] = field(default_factory=list)
     observed_jit: list[Any] = field(default_factory=list)
     phases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: where this run's scenarios save files (the artifact's files/); None: nowhere
+    files: Path | None = None
+
+    def file_dir(self) -> Path:
+        """This scenario's directory for files it saves into the artifact
+        (``files/<scenario>/``), created on first use."""
+        if self.files is None:
+            raise RuntimeError("this run has no directory for saved files")
+        path = self.files / self.name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def put(self, phase: str, name: str, value: Any) -> None:
         self.keys.append(self.store.put(f"{self.name}/{phase}/{name}", value))
@@ -63,7 +75,7 @@ class ScenarioContext:
         so one broken API does not hide what the other phases found."""
         try:
             yield
-        except InjectedFailure:
+        except (InjectedFailure, Unsupported):
             raise
         except Exception as exc:  # broad on purpose: a phase's failure is data
             self.phases[name] = {"status": "failed", "error": error_record(exc)}

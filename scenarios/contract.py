@@ -10,6 +10,9 @@ declared once and read by both sides.
   registers sessions; :func:`registry` imports the built-in ones from
   ``scenarios/library/``. Their phases sort by :data:`PHASES`.
 * **Artifacts**: schema id and version and the file names a cell leaves.
+* **Stages**: a scenario may have a second stage that reads what the first
+  stage of other cells saved (DESIGN.md, "Two stages"); the scheduler runs it
+  after stage one of every cell it reads.
 
 Standard library only: the runner reads this module before NumPy or any
 framework is imported (they read thread and ISA variables once, at import).
@@ -21,13 +24,14 @@ import importlib
 import pkgutil
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 __all__ = [
     "ARTIFACT_FILES",
     "AXES",
     "EXECUTORS",
+    "FILES",
     "LOG",
     "MANIFEST",
     "OPTIONS",
@@ -37,6 +41,7 @@ __all__ = [
     "RUN_RECORD",
     "SCHEMA_ID",
     "SCHEMA_VERSION",
+    "STAGE_TWO",
     "TENSORS",
     "VERSION_AXES",
     "Axis",
@@ -45,8 +50,10 @@ __all__ = [
     "Option",
     "Scenario",
     "axis",
+    "default_scenarios",
     "environment_axes",
     "phase_rank",
+    "register_module",
     "registry",
     "scenario",
     "setting_axes",
@@ -69,6 +76,11 @@ RUN_RECORD = "run.json"
 PLAN = "plan.json"
 #: Who ran a cell, as the manifest records it ("manual": ``python -m scenarios`` by hand).
 EXECUTORS = ("docker", "venv", "host", "manual")
+#: Files a scenario saved (models in each format), under ``files/<scenario>/``
+#: of its artifact; moved in before the manifest, listed in it with their sha256.
+FILES = "files"
+#: A cell's stage-two artifact (manifest, tensors, log), inside its directory.
+STAGE_TWO = "stage-2"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -341,8 +353,12 @@ class Option:
 
     name: str
     default: Any
-    kind: str  # "scenarios" (names), "count", "flag", "scenario" (one name or none)
+    # "scenarios" (names), "count", "flag", "scenario" (one name or none),
+    # "path" (a file the run reads, never writes), "choice" (one of choices),
+    # "sources" (a JSON object: cell id -> directory of its stage-one files)
+    kind: str
     spec: bool = True
+    choices: tuple[str, ...] = ()
     help: str = ""
 
     @property
@@ -378,15 +394,102 @@ OPTIONS: tuple[Option, ...] = (
         help="TEST ONLY: raise a deliberate error inside this scenario, to prove a failure "
         "is recorded while the other scenarios still run",
     ),
+    Option(
+        name="stage",
+        default=1,
+        kind="count",
+        spec=False,
+        help="1 runs the scenarios; 2 runs the second stage of two-stage scenarios "
+        "(portability), reading the stage-one files given by --sources",
+    ),
+    Option(
+        name="sources",
+        default=None,
+        kind="sources",
+        spec=False,
+        help="stage 2: a JSON object, cell id -> that cell's stage-one files directory (read-only)",
+    ),
+    # The user's own model (scenario user_model). The host checks these files
+    # before any image is built and hands the run a read-only copy.
+    Option(
+        name="user_model",
+        default=None,
+        kind="path",
+        spec=False,
+        help="your model: a .keras or .h5 file, a .weights.h5 file (with --user-builder) "
+        "or a SavedModel directory",
+    ),
+    Option(
+        name="user_builder",
+        default=None,
+        kind="path",
+        spec=False,
+        help="a Python file whose build() (or build(keras)) returns the model "
+        "--user-model's .weights.h5 file loads into",
+    ),
+    Option(
+        name="user_inputs",
+        default=None,
+        kind="path",
+        spec=False,
+        help="an .npz of the model's inputs: one array, or one per input named after it",
+    ),
+    Option(
+        name="user_targets",
+        default=None,
+        kind="path",
+        spec=False,
+        help="an .npz of training targets (with --train-steps)",
+    ),
+    Option(
+        name="user_scenario",
+        default=None,
+        kind="path",
+        spec=False,
+        help="a Python file defining a scenario with @scenario(...): model, data and steps",
+    ),
+    Option(
+        name="train_steps",
+        default=0,
+        kind="count",
+        spec=False,
+        help="user_model: train this many batches (SGD, learning rate 0.01) from the given "
+        "weights and record the losses and weights; 0: inference only",
+    ),
+    Option(
+        name="loss",
+        default="mse",
+        kind="choice",
+        spec=False,
+        choices=(
+            "mse",
+            "mae",
+            "huber",
+            "binary_crossentropy",
+            "categorical_crossentropy",
+            "sparse_categorical_crossentropy",
+        ),
+        help="user_model: the training loss (the host passes the model's own compiled "
+        "loss where the file names one)",
+    ),
+    Option(
+        name="batch_size",
+        default=32,
+        kind="count",
+        spec=False,
+        help="user_model: the batch size of predict and training, unless the model "
+        "fixes one (a stateful model's batch_shape)",
+    ),
 )
 
 
 # ---- scenarios and phases -------------------------------------------------------------
 
 #: The standard phases, in the order a reader follows a scenario (DESIGN.md):
-#: seeded init, inference from canonical weights, training from them, what a
-#: user who only sets a seed sees. Other phases follow them, alphabetically.
-PHASES = ("init", "forward", "train", "seeded_train")
+#: seeded init (or the weights as loaded from a file), inference from
+#: canonical weights, training from them, what a user who only sets a seed
+#: sees. Other phases follow them, alphabetically.
+PHASES = ("init", "load", "forward", "train", "seeded_train")
 
 
 def phase_rank(phase: str) -> tuple[int, str]:
@@ -400,26 +503,56 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 @dataclass(frozen=True, kw_only=True)
 class Scenario:
-    """A registered scenario: ``run(ctx)`` writes tensors ``name/phase/tensor``."""
+    """A registered scenario: ``run(ctx)`` writes tensors ``name/phase/tensor``.
+
+    ``stage_two``, when there is one, runs in a second pass after stage one
+    of every cell, with the files those cells saved (``--sources``).
+    ``default``: part of "every scenario" when a spec names none.
+    ``needs``: a run option without which it cannot run (a spec never names
+    it; the host adds it when the option is given).
+    """
 
     name: str
     phases: tuple[str, ...]
     summary: str
     run: Callable[[Any], None] = field(compare=False, repr=False)
     module: str = ""
+    stage_two: Callable[[Any], None] | None = field(default=None, compare=False, repr=False)
+    default: bool = True
+    needs: str | None = None
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        return (1, 2) if self.stage_two is not None else (1,)
 
 
 _REGISTRY: dict[str, Scenario] = {}
 _LIBRARY = "scenarios.library"
 
 
-def scenario(name: str, *, phases: Sequence[str], summary: str) -> Callable[[_F], _F]:
-    """Register ``run(ctx)`` as scenario ``name`` with the phases it writes."""
+def scenario(
+    name: str,
+    *,
+    phases: Sequence[str],
+    summary: str,
+    stage: int = 1,
+    default: bool = True,
+    needs: str | None = None,
+) -> Callable[[_F], _F]:
+    """Register ``run(ctx)`` as scenario ``name`` with the phases it writes.
+
+    ``stage=2`` registers the second stage of a scenario already registered
+    (stage one) by the same module.
+    """
     if not _NAME.match(name):
         raise ValueError(f"scenario name {name!r}: lower case letters, digits and _ only")
     bad = [p for p in phases if not _NAME.match(p)]
     if bad or not phases:
         raise ValueError(f"scenario {name}: phases must be names like 'forward' (got {bad})")
+    if stage not in (1, 2):
+        raise ValueError(f"scenario {name}: stage must be 1 or 2 (got {stage!r})")
+    if needs is not None and needs not in {o.name for o in OPTIONS}:
+        raise ValueError(f"scenario {name}: needs {needs!r}, which is no run option")
 
     def register(fn: _F) -> _F:
         held = _REGISTRY.get(name)
@@ -427,12 +560,21 @@ def scenario(name: str, *, phases: Sequence[str], summary: str) -> Callable[[_F]
             raise ValueError(
                 f"scenario {name} is registered twice ({held.module}, {fn.__module__})"
             )
+        ordered = tuple(sorted(dict.fromkeys(phases), key=phase_rank))
+        if stage == 2:
+            if held is None:
+                raise ValueError(f"scenario {name}: stage 2 is registered before stage 1")
+            merged = tuple(sorted(dict.fromkeys((*held.phases, *ordered)), key=phase_rank))
+            _REGISTRY[name] = replace(held, stage_two=fn, phases=merged)
+            return fn
         _REGISTRY[name] = Scenario(
             name=name,
-            phases=tuple(sorted(dict.fromkeys(phases), key=phase_rank)),
+            phases=ordered,
             summary=summary,
             run=fn,
             module=fn.__module__,
+            default=default and needs is None,
+            needs=needs,
         )
         return fn
 
@@ -446,9 +588,11 @@ def _library_modules() -> Iterator[str]:
             yield info.name
 
 
-def _broken(name: str, module: str, exc: BaseException) -> Scenario:
-    """A built-in scenario whose module does not import: it fails, the others run."""
-    message = f"scenario module {module} could not be imported: {type(exc).__name__}: {exc}"
+def _broken(name: str, module: str, exc: BaseException, *, imported: bool = False) -> Scenario:
+    """A scenario whose module does not import (or defines nothing usable):
+    it fails, the others run."""
+    what = "defines nothing usable" if imported else "could not be imported"
+    message = f"scenario module {module} {what}: {type(exc).__name__}: {exc}"
 
     def run(ctx: Any) -> None:
         raise ImportError(message)
@@ -472,3 +616,37 @@ def registry() -> Mapping[str, Scenario]:
         except Exception as exc:  # broad on purpose: one broken module is one failed scenario
             _REGISTRY.setdefault(name, _broken(name, module, exc))
     return dict(_REGISTRY)
+
+
+def default_scenarios(known: Mapping[str, Scenario]) -> tuple[str, ...]:
+    """What "every scenario" means: the registered ones that run by default."""
+    return tuple(name for name, s in known.items() if s.default)
+
+
+def register_module(path: str, names: Sequence[str]) -> None:
+    """Import a scenario module from a file (the user's ``--user-scenario``).
+
+    Its ``@scenario`` decorators register it. A module that raises on import,
+    or that does not register every scenario in ``names``, turns each missing
+    name into a scenario that fails with the error: the run still writes an
+    artifact saying why. Called only once the settings are in the environment,
+    since the module may import a framework.
+    """
+    import importlib.util
+
+    problem: Exception | None = None
+    try:
+        spec = importlib.util.spec_from_file_location("krm_user_scenario", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"{path} cannot be imported as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as exc:  # broad on purpose: the user's module failing is a result
+        problem = exc
+    for name in names:
+        if problem is not None:
+            # Even what it registered before raising: a half-imported module is no base.
+            _REGISTRY[name] = _broken(name, path, problem)
+        elif name not in _REGISTRY:
+            why = LookupError(f"it registers no scenario named {name!r}")
+            _REGISTRY[name] = _broken(name, path, why, imported=True)

@@ -154,8 +154,7 @@ def hardware_defaults(
         out["threads"] = {
             "value": applied.get("threads"),
             "chosen_by": fw.backend,
-            "reason": f"one intra-op thread per CPU this process may use "
-            f"({cpu_info()['count']})",
+            "reason": f"one intra-op thread per CPU this process may use ({cpu_info()['count']})",
         }
     if requested.get("precision") == "mixed_bfloat16":
         native = sorted(flags & {"avx512_bf16", "amx_bf16"})

@@ -12,13 +12,14 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from scenarios import compat, fingerprint, hardware
 from scenarios.artifact import TensorStore
-from scenarios.context import FRAMEWORK_PARTS, ScenarioContext, error_record
+from scenarios.context import FRAMEWORK_PARTS, ScenarioContext, Unsupported, error_record
 from scenarios.contract import SCHEMA_ID, SCHEMA_VERSION, Meta, registry
 from scenarios.settings import EnvChanges, Settings, apply_runtime
 
@@ -72,8 +73,9 @@ def _run_scenario(
     fw: compat.Framework,
     settings: Settings,
     store: TensorStore,
+    files: Path | None = None,
 ) -> tuple[dict[str, Any], ScenarioContext]:
-    ctx = ScenarioContext(name=name, fw=fw, settings=settings, store=store)
+    ctx = ScenarioContext(name=name, fw=fw, settings=settings, store=store, files=files)
     notes_before = len(fw.notes)
     start = time.perf_counter()
     try:
@@ -91,6 +93,8 @@ def _run_scenario(
                 "message": f"phase {', '.join(failed)} failed: {first['message']}",
                 "traceback": first["traceback"],
             }
+    except Unsupported as exc:
+        status, error = "unsupported", error_record(exc)
     except Exception as exc:  # broad on purpose: one scenario's failure is data
         status, error = "failed", error_record(exc)
     finally:
@@ -113,7 +117,13 @@ def _observed_jit(contexts: list[ScenarioContext]) -> str | None:
 
 
 def run_cell(
-    *, settings: Settings, meta: Meta, env_changes: EnvChanges, started_at: str, t_start: float
+    *,
+    settings: Settings,
+    meta: Meta,
+    env_changes: EnvChanges,
+    started_at: str,
+    t_start: float,
+    files: Path | None = None,
 ) -> CellResult:
     store = TensorStore()
     timings: dict[str, float] = {}
@@ -145,7 +155,10 @@ def run_cell(
 
     scenarios: dict[str, Any] = {}
     contexts: list[ScenarioContext] = []
-    functions = {name: s.run for name, s in registry().items()}
+    # Stage 2 runs the second stage of the scenarios asked (the settings checked they have one).
+    functions = {
+        name: s.run if settings.stage == 1 else s.stage_two for name, s in registry().items()
+    }
     t = time.perf_counter()
     refusal = _unavailable(settings, applied, env_changes, fw.backend)
     if refusal is not None:
@@ -155,7 +168,9 @@ def run_cell(
             scenarios[name] = _entry("unsupported", 0.0, error=refusal)
     else:
         for name in settings.scenarios:
-            scenarios[name], ctx = _run_scenario(name, functions.get(name), fw, settings, store)
+            scenarios[name], ctx = _run_scenario(
+                name, functions.get(name), fw, settings, store, files
+            )
             contexts.append(ctx)
     timings["scenarios"] = time.perf_counter() - t
 
@@ -210,9 +225,7 @@ def _observe(fw: compat.Framework, env_changes: EnvChanges) -> dict[str, Any]:
     if fw.backend == "torch":
         observed["aten"] = fw.cpu_capability()
     if fw.backend in ("tensorflow", "jax"):
-        observed["xla_cap_supported"] = env_changes.probes.get("binary", {}).get(
-            "xla_cpu_max_isa"
-        )
+        observed["xla_cap_supported"] = env_changes.probes.get("binary", {}).get("xla_cpu_max_isa")
     if fw.backend == "tensorflow":
         observed["fixed"] = ["eigen"]  # compiled for one instruction set: no cap reaches it
     return observed

@@ -141,6 +141,17 @@ def _coerce(key: str, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
             raise SettingsError(f"{key}: expected a scenario name, got {value!r}")
         return value
+    if option.kind == "path":
+        if value is not None and (not isinstance(value, str) or not value):
+            raise SettingsError(f"{key}: expected a path, got {value!r}")
+        return value
+    if option.kind == "choice":
+        if value not in option.choices:
+            allowed = ", ".join(option.choices)
+            raise SettingsError(f"{key}: expected one of {allowed}, got {value!r}")
+        return value
+    if option.kind == "sources":
+        return _sources(key, value)
     # scenarios: names checked against the registry once it is loaded
     names = value.split(",") if isinstance(value, str) else value
     if not isinstance(names, list | tuple):
@@ -149,6 +160,22 @@ def _coerce(key: str, value: Any) -> Any:
     if not names:
         raise SettingsError("scenarios: expected at least one scenario name")
     return names
+
+
+def _sources(key: str, value: Any) -> dict[str, str] | None:
+    """Stage-two sources: a JSON object (or its text) of cell id -> directory."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise SettingsError(f"{key}: not valid JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()
+    ):
+        raise SettingsError(f"{key}: expected an object of cell id -> directory")
+    return dict(value)
 
 
 def parse_settings(json_text: str | None, overrides: Mapping[str, Any]) -> Settings:
@@ -168,11 +195,23 @@ def parse_settings(json_text: str | None, overrides: Mapping[str, Any]) -> Setti
 
 def resolve_scenarios(settings: Settings, known: Mapping[str, Any]) -> Settings:
     """The settings with their scenario names checked against the registry
-    (None: every registered scenario, in registry order)."""
-    asked = settings.scenarios if settings.scenarios is not None else tuple(known)
+    (None: every scenario that runs by default, in registry order)."""
+    if settings.scenarios is not None:
+        asked = settings.scenarios
+    else:
+        asked = tuple(n for n, s in known.items() if getattr(s, "default", True))
     unknown = [n for n in asked if n not in known]
     if unknown:
         raise SettingsError(f"scenarios: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    if settings.stage not in (1, 2):
+        raise SettingsError(f"stage: expected 1 or 2, got {settings.stage}")
+    for name in asked:
+        found = known[name]
+        if settings.stage == 2 and getattr(found, "stage_two", None) is None:
+            raise SettingsError(f"stage 2: scenario {name} has no second stage")
+        needs = getattr(found, "needs", None)
+        if needs and not settings[needs]:
+            raise SettingsError(f"scenario {name} needs --{needs.replace('_', '-')}")
     injected = settings.inject_failure
     if injected is not None and injected not in known:
         raise SettingsError(f"inject_failure: unknown scenario {injected!r}")

@@ -61,8 +61,12 @@ class FakeExecutor:
     def reap(self, staging: Path) -> None:
         return None
 
+    def input_path(self, item):  # type: ignore[no-untyped-def]
+        return str(item.path)
+
     def run_cell(
-        self, env, environment_id, runner_args, out_dir, *, timeout, memory, gpu, extra_env
+        self, env, environment_id, runner_args, out_dir, *, timeout, memory, gpu, extra_env,
+        inputs=(),
     ):  # type: ignore[no-untyped-def]
         meta = json.loads(runner_args[runner_args.index("--meta") + 1])
         with self.lock:

@@ -68,11 +68,12 @@ from matrix.analysis.gate import (
 from matrix.analysis.hardware import HardwareFinding, hardware_of
 from matrix.analysis.localize import LayerFinding, Localisation
 from matrix.analysis.pairs import PAIR_BUDGET, PairTable, all_pairs
+from matrix.analysis.portability import FormatMatrix, portability_matrices
 from matrix.analysis.tolerances import Tolerance, portable_tolerances, tolerance_axes
 from matrix.execute.planfile import PlanFile
 from matrix.plan.cells import derived_when_unrecorded
 from matrix.results.artifacts import CellArtifact
-from scenarios.contract import AXES
+from scenarios.contract import AXES, PHASES
 
 __all__ = [
     "REPORT_SCHEMA_ID",
@@ -86,6 +87,7 @@ __all__ = [
     "Findings",
     "PairsFinding",
     "PhaseFinding",
+    "PortabilityFinding",
     "Summary",
     "ToleranceFinding",
     "build_findings",
@@ -398,6 +400,13 @@ class ChainFinding:
     onsets: tuple[OnsetAgreement, ...]
     groups: tuple[ChainGroup, ...]  # lines whose steps all agree, merged (beyond a few)
 
+    @property
+    def main_phases(self) -> tuple[str, ...]:
+        """The standard phases (contract.PHASES) this chain's steps have, in
+        reading order: the columns of its step tables."""
+        seen = {p.phase for g in self.groups for s in g.steps for p in s.phases}
+        return tuple(p for p in PHASES if p in seen)
+
 
 @dataclass(frozen=True, kw_only=True)
 class PairTensorFinding:
@@ -457,6 +466,50 @@ class ToleranceFinding:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SaveFinding:
+    cell: str
+    model: str
+    status: str  # ok | failed | unsupported | missing
+    reason: str
+    container: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadFinding:
+    saved_in: str
+    loaded_in: str
+    model: str
+    status: str  # loaded | failed | unsupported | not_saved | missing
+    verdict: str
+    reason: str
+    how: str | None
+    max_abs: float
+    max_rel: float
+    max_ulp: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class PortabilityFinding:
+    """One format's "saved in -> loaded in" matrix (portability scenario)."""
+
+    format: str
+    cells: tuple[str, ...]
+    models: tuple[str, ...]
+    saved: tuple[SaveFinding, ...]
+    loads: tuple[LoadFinding, ...]
+
+    def load(self, saved_in: str, loaded_in: str, model: str) -> LoadFinding | None:
+        return next(
+            (
+                x
+                for x in self.loads
+                if (x.saved_in, x.loaded_in, x.model) == (saved_in, loaded_in, model)
+            ),
+            None,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Findings:
     schema: str
     schema_version: int
@@ -482,6 +535,9 @@ class Findings:
     chains: tuple[ChainFinding, ...]
     tolerances: tuple[ToleranceFinding, ...]
     pairs: PairsFinding
+    portability: tuple[PortabilityFinding, ...] = ()
+    #: the user's files the cells read (--model, --inputs...): file name and sha256
+    inputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def comparisons_of(self, kind: str) -> list[ComparisonFinding]:
         return [c for c in self.comparisons if c.kind == kind]
@@ -514,8 +570,10 @@ def build_findings(
     fail_on: DriftClass | None,
     problems: Sequence[Problem],
     generated_at: str,
+    stage_two: Mapping[str, CellArtifact] | None = None,
 ) -> Findings:
-    """Every comparison of the report and its summary."""
+    """Every comparison of the report and its summary; ``stage_two``: the
+    cells' stage-two runs (the portability matrix)."""
     analysis = _Analysis(thresholds=thresholds)
     by_id = {c.cell_id: c for c in cells}
     ref_cell = by_id.get(reference.cell) if reference.cell else None
@@ -552,7 +610,15 @@ def build_findings(
     tolerances = portable_tolerances(comparisons, present, tol_axes, context_key(present, tol_axes))
     pairs = all_pairs(cells, thresholds=thresholds, budget=PAIR_BUDGET)
 
-    all_problems = [*problems, *_cell_problems(cells, repeats)]
+    all_problems = [
+        *problems,
+        *_cell_problems(cells, repeats),
+        *(
+            Problem(kind="run", message=f"stage two: {run.problem}", cell=cid)
+            for cid, run in (stage_two or {}).items()
+            if run.problem is not None
+        ),
+    ]
     gated = gate_matches(comparisons, fail_on)
     verdicts = Verdicts.count(comparisons)
     summary = summarise(cells, verdicts, determinism, gated, fail_on, all_problems)
@@ -598,6 +664,10 @@ def build_findings(
         chains=tuple(_chain(c) for c in chains if c.lines),
         tolerances=tuple(_tolerance(t) for t in tolerances),
         pairs=pairs_finding(pairs),
+        portability=tuple(
+            _portability(m) for m in portability_matrices(cells, stage_two or {}, thresholds)
+        ),
+        inputs={k: dict(v) for k, v in plan.inputs.items()},
     )
 
 
@@ -1073,4 +1143,36 @@ def pairs_finding(table: PairTable) -> PairsFinding:
         skipped=table.skipped,
         budget=table.budget,
         tensor_comparisons=table.tensor_comparisons,
+    )
+
+
+def _portability(matrix: FormatMatrix) -> PortabilityFinding:
+    def peak(load: Any, attr: str) -> float:
+        return float(getattr(load.comparison, attr)) if load.comparison is not None else math.nan
+
+    return PortabilityFinding(
+        format=matrix.format,
+        cells=matrix.cells,
+        models=matrix.models,
+        saved=tuple(
+            SaveFinding(
+                cell=s.cell, model=s.model, status=s.status, reason=s.reason, container=s.container
+            )
+            for s in matrix.saved
+        ),
+        loads=tuple(
+            LoadFinding(
+                saved_in=x.saved_in,
+                loaded_in=x.loaded_in,
+                model=x.model,
+                status=x.status,
+                verdict=x.verdict.value,
+                reason=x.reason,
+                how=x.how,
+                max_abs=peak(x, "max_abs"),
+                max_rel=peak(x, "max_rel"),
+                max_ulp=peak(x, "max_ulp"),
+            )
+            for x in matrix.loads
+        ),
     )

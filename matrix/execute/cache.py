@@ -1,16 +1,18 @@
 """Content-addressed cell cache.
 
 A run is skipped when its directory already holds an artifact made from the
-same environment (image id or lock hash), the same scenario code and the same
-runner arguments. The key is stored in the run's ``run.json``; the manifest is
-moved in last, so a half-written directory never counts as cached.
+same environment (image id or lock hash), the same scenario code, the same
+runner arguments and the same content of every file it reads (the user's
+model, the stage-one files of other cells). The key is stored in the run's
+``run.json``; the manifest is moved in last, so a half-written directory never
+counts as cached.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from matrix.errors import ArtifactError
 from matrix.untrusted import read_json
 from scenarios.contract import MANIFEST, RUN_RECORD, TENSORS
 
-__all__ = ["cache_key", "cached", "read_record", "scenarios_hash"]
+__all__ = ["cache_key", "cached", "content_digest", "read_record", "scenarios_hash"]
 
 
 def scenarios_hash(root: Path) -> str:
@@ -33,6 +35,28 @@ def scenarios_hash(root: Path) -> str:
     return digest.hexdigest()
 
 
+def content_digest(path: Path) -> str:
+    """sha256 of a file's bytes, or of a directory's relative paths and file
+    contents: what a run that reads ``path`` depends on."""
+    digest = hashlib.sha256()
+    if path.is_file():
+        _feed(digest, path)
+        return digest.hexdigest()
+    for item in sorted(path.rglob("*")):
+        if item.is_file():
+            digest.update(item.relative_to(path).as_posix().encode())
+            digest.update(b"\0")
+            _feed(digest, item)
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, path: Path) -> None:
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+
+
 def cache_key(
     *,
     environment_id: str,
@@ -40,21 +64,25 @@ def cache_key(
     runner_args: Sequence[str],
     repeat: int,
     executor: str,
+    inputs: Mapping[str, str] | None = None,
     machine: str = "",
 ) -> str:
-    """``machine``: what defines the host's CPU (results directories travel;
-    a result made on another CPU is no cached result for this one)."""
-    payload = json.dumps(
-        {
-            "environment_id": environment_id,
-            "scenarios": scenarios,
-            "runner_args": list(runner_args),
-            "repeat": repeat,
-            "executor": executor,
-            "machine": machine,
-        },
-        sort_keys=True,
-    )
+    """``inputs``: name -> content digest of every file the run reads besides
+    the scenarios (the user's model, other cells' stage-one files), so that
+    changing one re-runs the cells and an unchanged one is reused.
+    ``machine``: what defines the host's CPU (results directories travel; a
+    result made on another CPU is no cached result for this one)."""
+    fields: dict[str, Any] = {
+        "environment_id": environment_id,
+        "scenarios": scenarios,
+        "runner_args": list(runner_args),
+        "repeat": repeat,
+        "executor": executor,
+        "machine": machine,
+    }
+    if inputs:  # absent otherwise: keys of runs without inputs stay as they were
+        fields["inputs"] = dict(sorted(inputs.items()))
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -4,8 +4,9 @@ The cells the spec expanded to (in spec order, so the report lists cells and
 orders axis values as the spec did, and names planned cells that never
 produced a directory), the axes, the derived axes (those a named stack
 implies: never attributed, never part of a context), the upgrade chains,
-the reference cell, the repeats and the tolerances. The scheduler writes it;
-the report reads it, merging the plan.json of every shard it is given.
+the reference cell, the repeats, the tolerances and the user's files the
+cells read (name and sha256). The scheduler writes it; the report reads it,
+merging the plan.json of every shard it is given.
 
 A plan.json written before ``derived_axes`` and ``chains`` existed reads as
 "not recorded" (None) and "no chain".
@@ -74,6 +75,8 @@ class PlanFile:
     name: str | None = None
     repeats: int | None = None
     shard: tuple[int, int] | None = None
+    #: the user's files, by option (model, inputs...): {"file": as given, "sha256": ...}
+    inputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,11 +90,21 @@ class PlanFile:
             "repeats": self.repeats,
             "tolerances": {k: dict(v) for k, v in self.tolerances.items()},
             "shard": list(self.shard) if self.shard else None,
+            "inputs": {k: dict(v) for k, v in self.inputs.items()},
         }
 
 
-def plan_file(plan: RunPlan) -> PlanFile:
+def plan_file(plan: RunPlan, digests: Mapping[str, str] | None = None) -> PlanFile:
+    """``digests``: content digest of each of the user's files, by its name in the copy."""
+    files = plan.user.files if plan.user is not None else ()
     return PlanFile(
+        inputs={
+            f.option.removeprefix("user_"): {
+                "file": f.given.name,
+                "sha256": (digests or {}).get(f.name, ""),
+            }
+            for f in files
+        },
         spec=str(plan.spec.path),
         name=plan.spec.name,
         cells=tuple(c.id for c in plan.all_cells),
@@ -133,8 +146,8 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def write_plan(results: Path, plan: RunPlan) -> None:
-    text = json.dumps(plan_file(plan).to_json(), indent=2, sort_keys=True) + "\n"
+def write_plan(results: Path, plan: RunPlan, digests: Mapping[str, str] | None = None) -> None:
+    text = json.dumps(plan_file(plan, digests).to_json(), indent=2, sort_keys=True) + "\n"
     atomic_write(results / PLAN, text)
 
 
@@ -166,6 +179,10 @@ def read_plan(path: Path) -> PlanFile:
         raw_derived = data.get("derived_axes")
         derived = tuple(_text(a) for a in _list(raw_derived)) if raw_derived is not None else None
         chains = tuple(_chain(c) for c in _list(data.get("chains")))
+        inputs = {
+            _text(option): {_text(k): _text(v) for k, v in _table(entry).items()}
+            for option, entry in _table(data.get("inputs")).items()
+        }
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise ArtifactError(f"{where}: malformed ({one_line(str(exc))}); ignored") from None
     return PlanFile(
@@ -177,6 +194,7 @@ def read_plan(path: Path) -> PlanFile:
         chains=chains,
         spec=_text(spec) if spec is not None else None,
         name=_text(name) if name is not None else None,
+        inputs=inputs,
     )
 
 
@@ -204,6 +222,7 @@ def merge_plans(plans: Sequence[PlanFile]) -> PlanFile:
     chains: list[ChainRecord] = []
     for plan in plans:
         chains += [c for c in plan.chains if c not in chains]
+    inputs = next((p.inputs for p in plans if p.inputs), {})
     return PlanFile(
         cells=tuple(cells),
         reference=reference,
@@ -212,6 +231,7 @@ def merge_plans(plans: Sequence[PlanFile]) -> PlanFile:
         derived=derived,
         chains=tuple(chains),
         spec=spec,
+        inputs=inputs,
     )
 
 

@@ -18,6 +18,11 @@ Safety properties:
 - :meth:`Stop.request` (the CLI calls it on SIGINT/SIGTERM) ends the running
   cells, starts no new one, keeps every finished cell and records nothing
   for the interrupted ones: the next run resumes where this one stopped.
+
+Two stages: when a scenario has a second stage, each cell gets one more run
+(``RESULTS/<cell-id>/stage-2/``) that reads the stage-one files of every
+cell; those runs are queued after every stage-one run and start once the
+primary stage-one run of every cell has finished.
 """
 
 from __future__ import annotations
@@ -42,14 +47,15 @@ from matrix.console import RunProgress
 from matrix.errors import BuildError, DiskFullError, SpecError
 from matrix.execute.cache import cache_key, cached, read_record, scenarios_hash
 from matrix.execute.executors.base import CellRun, Environment, Executor
+from matrix.execute.inputs import run_inputs
 from matrix.execute.planfile import atomic_write, write_plan
 from matrix.paths import SCENARIOS
-from matrix.plan.cells import runner_args
 from matrix.plan.stacks import Stack
 from matrix.plan.tasks import RunPlan, Task
 from matrix.results.machine import Machine, machine_of
+from matrix.user.snapshot import Snapshot, snapshot
 from scenarios import hardware
-from scenarios.contract import ARTIFACT_FILES, MANIFEST, RUN_RECORD, Meta
+from scenarios.contract import ARTIFACT_FILES, FILES, MANIFEST, RUN_RECORD, STAGE_TWO, Meta
 
 __all__ = ["RunOutcome", "RunSummary", "Stop", "execute", "run_dir"]
 
@@ -117,9 +123,16 @@ class Stop:
         return self._event.wait(seconds)
 
 
-def run_dir(results: Path, cell_id: str, repeat: int) -> Path:
+def run_dir(results: Path, cell_id: str, repeat: int, stage: int = 1) -> Path:
     base = results / cell_id
+    if stage == 2:
+        return base / STAGE_TWO
     return base if repeat == 0 else base / "repeats" / str(repeat)
+
+
+def _slot(task: Task) -> str:
+    """How a run is named in lock and staging files: its repeat, or its stage."""
+    return str(task.repeat) if task.stage == 1 else f"stage{task.stage}"
 
 
 _DONE = object()
@@ -146,11 +159,17 @@ def execute(
     results.mkdir(parents=True, exist_ok=True)
     host = this_machine()
     _check_machine(results, host.label)
-    write_plan(results, plan)
+    # The user's files are copied (and hashed) once, before any cell reads them.
+    user = snapshot(plan.user, results) if plan.user is not None else None
+    write_plan(results, plan, user.digests if user is not None else None)
     scen_hash = scenarios_hash(SCENARIOS)
     started = time.monotonic()
 
-    order = {(t.cell.id, t.repeat): n for n, t in enumerate(plan.tasks)}
+    second = plan.stage_two_tasks
+    order = {(t.cell.id, t.repeat, t.stage): n for n, t in enumerate([*plan.tasks, *second])}
+    # Stage two starts once every cell's primary stage-one run has finished.
+    primaries = [sum(1 for t in plan.tasks if t.repeat == 0)]
+    stage_one_done = threading.Event()
     by_env: dict[str, list[Task]] = {}
     for task in plan.tasks:
         by_env.setdefault(task.cell.environment, []).append(task)
@@ -162,8 +181,14 @@ def execute(
     def report(outcome: RunOutcome) -> None:
         with lock:
             summary.outcomes.append(outcome)
+            if outcome.task.stage == 1 and outcome.task.repeat == 0:
+                primaries[0] -= 1
+                if primaries[0] <= 0:
+                    stage_one_done.set()
         if progress is not None and outcome.status != "interrupted":
-            label = f"{outcome.task.cell.id} r{outcome.task.repeat}"
+            task = outcome.task
+            which = f"r{task.repeat}" if task.stage == 1 else f"stage {task.stage}"
+            label = f"{task.cell.id} {which}"
             progress.run(label, outcome.status, outcome.seconds, outcome.reason)
 
     def build() -> None:
@@ -196,7 +221,21 @@ def execute(
                     progress.image(env.name, seconds, built=prepared.built)
                 env_ids[env.name] = prepared.id
                 for task in by_env[env.name]:
-                    ready.put((order[(task.cell.id, task.repeat)], task))
+                    ready.put((order[(task.cell.id, task.repeat, task.stage)], task))
+            # Stage two last: the queue hands these out after every stage-one run.
+            for task in second:
+                environment = task.cell.environment
+                if stop.is_set():
+                    break
+                if environment in env_ids:
+                    ready.put((order[(task.cell.id, task.repeat, task.stage)], task))
+                    continue
+                outcome = RunOutcome(
+                    task=task, status="failed", seconds=0.0,
+                    reason=f"environment: {summary.build_errors.get(environment)}",
+                )  # fmt: skip
+                _record_failure(results, task, outcome, executor.name, None)
+                report(outcome)
         except BaseException as exc:  # DiskFullError and bugs alike end the run
             fatal.append(exc)
             stop.request()
@@ -211,13 +250,15 @@ def execute(
             if item is _DONE:
                 return
             task: Task = item
+            while task.stage == 2 and not stage_one_done.is_set() and not stop.is_set():
+                stop.wait(0.2)
             if stop.is_set():
                 continue
             try:
                 outcome = _run_task(
                     task, plan, executor, catalog, results,
                     env_ids[task.cell.environment], scen_hash, host, use_cache=use_cache,
-                    stop=stop,
+                    stop=stop, user=user,
                 )  # fmt: skip
             except BaseException as exc:
                 fatal.append(exc)
@@ -261,9 +302,11 @@ def _run_task(
     *,
     use_cache: bool,
     stop: Stop,
+    user: Snapshot | None = None,
 ) -> RunOutcome:
     cell, repeat = task.cell, task.repeat
-    args = runner_args(cell, plan.spec)
+    reads = run_inputs(task, plan, results, executor, user)
+    args = reads.args
     key = cache_key(
         environment_id=environment_id,
         scenarios=scen_hash,
@@ -271,12 +314,14 @@ def _run_task(
         repeat=repeat,
         executor=executor.name,
         machine=host.key,
+        inputs=reads.digests,
     )
-    target = run_dir(results, cell.id, repeat)
-    with _cell_lock(results, cell.id, repeat, stop) as locked:
+    target = run_dir(results, cell.id, repeat, task.stage)
+    slot = _slot(task)
+    with _cell_lock(results, cell.id, slot, stop) as locked:
         if not locked or stop.is_set():
             return RunOutcome(task=task, status="interrupted", seconds=0.0)
-        _reap_stale(results, cell.id, repeat, executor)
+        _reap_stale(results, cell.id, slot, executor)
         if use_cache and cached(target, key):
             return RunOutcome(task=task, status="cached", seconds=0.0)
         meta = Meta(
@@ -286,7 +331,7 @@ def _run_task(
             repeat=repeat,
             environment_id=environment_id,
         ).to_json()
-        staging = results / ".staging" / f"{cell.id}.{repeat}.{uuid.uuid4().hex[:8]}"
+        staging = results / ".staging" / f"{cell.id}.{slot}.{uuid.uuid4().hex[:8]}"
         try:
             staging.mkdir(parents=True)
             out = staging / "artifact"
@@ -300,6 +345,7 @@ def _run_task(
                 memory=plan.spec.memory,
                 gpu=cell.gpu,
                 extra_env={},
+                inputs=reads.inputs,
             )
             if stop.is_set():
                 return RunOutcome(task=task, status="interrupted", seconds=run.seconds)
@@ -352,7 +398,7 @@ def _check_machine(results: Path, label: str) -> None:
             )
 
 
-def _reap_stale(results: Path, cell_id: str, repeat: int, executor: Executor) -> None:
+def _reap_stale(results: Path, cell_id: str, repeat: int | str, executor: Executor) -> None:
     """Staging directories of this (cell, repeat) that no live scheduler owns
     (we hold its lock): a killed scheduler's. Stop what it left running."""
     root = results / ".staging"
@@ -378,6 +424,9 @@ def _install(artifact: Path, target: Path) -> None:
     for name in (RUN_RECORD, MANIFEST):
         with contextlib.suppress(FileNotFoundError):
             (target / name).unlink()
+    shutil.rmtree(target / FILES, ignore_errors=True)
+    if (artifact / FILES).is_dir():
+        os.replace(artifact / FILES, target / FILES)
     for name in ARTIFACT_FILES:
         src = artifact / name
         if src.exists():
@@ -401,13 +450,14 @@ def _record_failure(
     environment_id: str | None,
     run: CellRun | None = None,
 ) -> None:
-    target = run_dir(results, task.cell.id, task.repeat)
+    target = run_dir(results, task.cell.id, task.repeat, task.stage)
     target.mkdir(parents=True, exist_ok=True)
     # A failed run replaces whatever was there: an old success would
     # otherwise be reported as this run's result.
     for name in (RUN_RECORD, *ARTIFACT_FILES):
         with contextlib.suppress(FileNotFoundError):
             (target / name).unlink()
+    shutil.rmtree(target / FILES, ignore_errors=True)
     if run is not None and run.output_tail:
         atomic_write(target / "log.txt", run.output_tail + "\n")
     _write_record(
@@ -428,6 +478,7 @@ def _write_record(target: Path, data: dict[str, Any], task: Task) -> None:
         "cell": task.cell.id,
         "axes": task.cell.axes,
         "repeat": task.repeat,
+        "stage": task.stage,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **data,
     }
@@ -435,7 +486,7 @@ def _write_record(target: Path, data: dict[str, Any], task: Task) -> None:
 
 
 @contextlib.contextmanager
-def _cell_lock(results: Path, cell_id: str, repeat: int, stop: Stop) -> Iterator[bool]:
+def _cell_lock(results: Path, cell_id: str, repeat: int | str, stop: Stop) -> Iterator[bool]:
     """Hold the (cell, repeat) lock; yields False when a stop came first.
 
     Polled rather than blocking, so that a stop request is seen while another

@@ -292,14 +292,14 @@ def shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
     return [c for k, c in enumerate(cells) if k % count == index - 1]
 
 
-def runner_args(cell: Cell, spec: Spec) -> list[str]:
+def runner_args(cell: Cell, spec: Spec, scenarios: Sequence[str] = ()) -> list[str]:
     """The ``python -m scenarios`` options that apply the cell's settings:
-    every setting axis (the environment axes pick the image), then the
-    spec's runner options."""
+    every setting axis (the environment axes pick the image), the scenarios
+    (default: the spec's), then the spec's runner options."""
     args: list[str] = []
     for axis in setting_axes():
         args += [axis.option, str(cell.axes[axis.name])]
-    args += ["--scenarios", ",".join(spec.scenarios)]
+    args += ["--scenarios", ",".join(scenarios or spec.scenarios)]
     for option in OPTIONS:
         if option.spec and option.kind != "scenarios":
             args += [option.option, str(spec.runner.get(option.name, option.default))]

@@ -31,7 +31,15 @@ from typing import Any
 from matrix.analysis.drift import KEY_ALIASES, Thresholds, apply_overrides
 from matrix.errors import MatrixError, SpecError
 from matrix.plan.stacks import Stack, load_catalog
-from scenarios.contract import OPTIONS, VERSION_AXES, AxisError, AxisValue, axis, registry
+from scenarios.contract import (
+    OPTIONS,
+    VERSION_AXES,
+    AxisError,
+    AxisValue,
+    axis,
+    default_scenarios,
+    registry,
+)
 
 __all__ = [
     "EXECUTORS",
@@ -117,7 +125,7 @@ class Spec:
     def scenarios(self) -> tuple[str, ...]:
         """The scenarios every cell runs: the spec's, or every registered one."""
         named = self.runner.get("scenarios")
-        return tuple(named) if named else tuple(registry())
+        return tuple(named) if named else default_scenarios(registry())
 
 
 def load_spec(path: Path, catalog: Mapping[str, Stack] | None = None) -> Spec:
@@ -285,7 +293,9 @@ def _runner_options(table: Mapping[str, Any], where: str) -> dict[str, Any]:
         option = _SPEC_OPTIONS[name]
         key = f"runner.{name}"
         if option.kind == "scenarios":
-            known = registry()
+            # A scenario that needs a run option (the user's model) comes
+            # with that option on the command line, never from a spec.
+            known = [name for name, s in registry().items() if s.needs is None]
             if (
                 not isinstance(value, list)
                 or not value

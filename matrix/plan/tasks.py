@@ -10,16 +10,22 @@ from matrix.errors import SpecError
 from matrix.plan.cells import Cell, expand, filter_cells, resolve_reference, shard
 from matrix.plan.spec import LIMITS, Spec
 from matrix.plan.stacks import Stack
+from matrix.user.check import UserRun
+from scenarios.contract import registry
 
 __all__ = ["RunPlan", "Task", "make_plan"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class Task:
-    """One run of one cell: repeat 0 is the primary run, the rest its repeats."""
+    """One run of one cell: repeat 0 is the primary run, the rest its repeats.
+
+    Stage 2 is the second stage of two-stage scenarios: it runs once per
+    cell, after stage one of every cell, reading their saved files."""
 
     cell: Cell
     repeat: int
+    stage: int = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +38,12 @@ class RunPlan:
     shard: tuple[int, int] | None = None
     #: why the reference is not the spec's (it was filtered out by --only), or None
     reference_note: str | None = None
+    #: what stage one runs: the spec's scenarios, or the user's alone
+    scenarios: tuple[str, ...] = ()
+    #: the user's model or scenario module (--model, --scenario), or None
+    user: UserRun | None = None
+    #: the scenarios among them with a second stage
+    stage_two: tuple[str, ...] = ()
 
     @property
     def environments(self) -> list[tuple[str, str]]:
@@ -40,8 +52,13 @@ class RunPlan:
 
     @property
     def tasks(self) -> list[Task]:
-        # Repeat 0 of every cell first: a short run gives a full first picture.
+        """Stage one: repeat 0 of every cell first, so a short run gives a full first picture."""
         return [Task(cell=c, repeat=r) for r in range(self.repeats) for c in self.cells]
+
+    @property
+    def stage_two_tasks(self) -> list[Task]:
+        """One stage-two run per cell when a scenario has a second stage."""
+        return [Task(cell=c, repeat=0, stage=2) for c in self.cells] if self.stage_two else []
 
 
 def make_plan(
@@ -53,6 +70,7 @@ def make_plan(
     repeats: int | None = None,
     reference: str | None = None,
     environment: str | None = None,
+    user: UserRun | None = None,
 ) -> RunPlan:
     if repeats is not None and not 1 <= repeats <= LIMITS.repeats:
         raise SpecError(f"--repeats must be from 1 to {LIMITS.repeats}")
@@ -74,13 +92,17 @@ def make_plan(
         ref = cells[0].id
         note = f"the spec's reference {spec_ref} is not among the cells --only kept; using {ref}"
     mine = shard(cells, *shard_spec) if shard_spec else cells
+    # With the user's model or module, the cells run it alone: the spec
+    # gives the environments and settings.
+    scenarios = user.scenarios if user is not None else spec.scenarios
+    known = registry()
     if environment is not None:
         # One CI job per environment: its cells only, the plan of all.
-        known = list(dict.fromkeys(c.environment for c in cells))
-        if environment not in known:
+        envs = list(dict.fromkeys(c.environment for c in cells))
+        if environment not in envs:
             raise SpecError(
                 f"--environment {environment!a}: not an environment of this matrix "
-                f"(environments: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''})"
+                f"(environments: {', '.join(envs[:12])}{', ...' if len(envs) > 12 else ''})"
             )
         mine = [c for c in mine if c.environment == environment]
     return RunPlan(
@@ -91,4 +113,7 @@ def make_plan(
         repeats=repeats if repeats is not None else spec.repeats,
         shard=shard_spec,
         reference_note=note,
+        scenarios=scenarios,
+        user=user,
+        stage_two=tuple(n for n in scenarios if n in known and known[n].stage_two is not None),
     )

@@ -116,6 +116,9 @@ def make_findings(
                 cell_id=entry.cell_id, directory=entry.directory, problem=entry.problem
             ),
             repeats=tuple(load_cell_safely(d, cell_id=entry.cell_id) for d in entry.repeats),
+            stage_two=load_cell_safely(entry.stage_two, cell_id=entry.cell_id)
+            if entry.stage_two is not None and entry.problem is None
+            else None,
         )
         for entry in inventory.entries
         if entry.directory is not None
@@ -129,6 +132,7 @@ def make_findings(
     found += [Problem(kind="warning", message=m) for m in merged.problems]
     cells = list(merged.cells)
     repeats = {cid: list(runs) for cid, runs in merged.repeats.items()}
+    stage_two = dict(merged.stage_two)
     plan = replace(
         inventory.plan,
         axes=merged_axes(inventory.plan.axes, merged),
@@ -144,6 +148,7 @@ def make_findings(
         fail_on=gate,
         problems=found,
         generated_at=generated_at or _now(),
+        stage_two=stage_two,
     )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jinja2
@@ -31,14 +31,15 @@ from matrix.analysis.findings import (
     ComparisonFinding,
     Findings,
     LayerPoint,
+    LoadFinding,
     PairsFinding,
     PhaseEffect,
     PhaseFinding,
+    PortabilityFinding,
     TensorFinding,
     ToleranceFinding,
 )
 from matrix.report.serialize import number
-from scenarios.contract import PHASES
 
 __all__ = ["CLASS_COLOURS", "embed_json", "pairs_page_data", "render_html"]
 
@@ -242,12 +243,14 @@ def _context(findings: Findings) -> dict[str, Any]:
         "oracle": "the float64 reference (oracle)",
         "repeat": "the cell's own repeated runs",
     }
+    portability, errors = _portability(findings.portability)
     return {
         "f": findings,
         "attribution": [_attribution_view(r) for r in findings.attribution],
         "chains": [_chain_view(c) for c in findings.chains],
-        "main_phases": PHASES,
         "tolerances": _tolerance_groups(findings.tolerances),
+        "portability": portability,
+        "portability_errors": errors,
         "axes": axes,
         "constant_axes": constant,
         "axis_values": findings.axis_values,
@@ -312,7 +315,9 @@ def _chain_view(chain: ChainFinding) -> dict[str, Any]:
         steps = []
         for step in group.steps:
             found = {p.phase: p for p in step.phases}
-            steps.append({"step": step, "cells": [_shown(found.get(p), many) for p in PHASES]})
+            steps.append(
+                {"step": step, "cells": [_shown(found.get(p), many) for p in chain.main_phases]}
+            )
         groups.append({"group": group, "steps": steps})
     return {"chain": chain, "groups": groups}
 
@@ -352,6 +357,51 @@ def pairs_page_data(pairs: PairsFinding) -> dict[str, Any]:
         "table": table,
         "skipped": list(pairs.skipped),
     }
+
+
+def _load_part(load: LoadFinding | None, model: str, errors: dict[str, int]) -> dict[str, str]:
+    if load is None:
+        return {"model": model, "verdict": "missing", "label": "—", "title": "no record"}
+    if load.status == "loaded":
+        label = {"identical": "=", "rounding": f"{_short(load.max_ulp)}u"}.get(
+            load.verdict, _short(load.max_rel)
+        )
+        title = f"{load.how or 'loaded'}: {load.reason}"
+    elif load.status == "not_saved":
+        label, title = "not saved", load.reason
+    else:
+        number = errors.setdefault(load.reason, len(errors) + 1)
+        label, title = f"{load.verdict} [{number}]", f"{load.how or ''} {load.reason}".strip()
+    return {"model": model, "verdict": load.verdict, "label": label, "title": title}
+
+
+def _portability(
+    matrices: Sequence[PortabilityFinding],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of each format's saved-in x loaded-in table; the errors numbered once."""
+    errors: dict[str, int] = {}
+    out = []
+    for m in matrices:
+        rows = [
+            {
+                "saver": saver,
+                "entries": [
+                    [_load_part(m.load(saver, loader, model), model, errors) for model in m.models]
+                    for loader in m.cells
+                ],
+            }
+            for saver in m.cells
+        ]
+        remarks = [
+            f"not saved in {s.cell} ({s.model}): {s.reason}" for s in m.saved if s.status != "ok"
+        ]
+        remarks += [
+            f"{s.cell} wrote its {s.model} .keras file as HDF5, not a zip"
+            for s in m.saved
+            if m.format == "keras" and s.container == "hdf5"
+        ]
+        out.append({"format": m.format, "cells": m.cells, "rows": rows, "remarks": remarks})
+    return out, list(errors)
 
 
 def _card(cell: CellFinding, ref_id: str | None, ref_fp: Mapping[str, str]) -> dict[str, Any]:

@@ -19,7 +19,10 @@ from matrix.analysis.findings import (
     AttributionRow,
     ChainFinding,
     Findings,
+    LoadFinding,
     PhaseEffect,
+    PhaseFinding,
+    PortabilityFinding,
     ToleranceFinding,
 )
 from scenarios.contract import PHASES
@@ -121,6 +124,7 @@ def _chain(chain: ChainFinding) -> list[str]:
     ]
     lines += [f"- {md(o.text)}" for o in chain.onsets[:MAX_ROWS]]
     lines += _capped([], len(chain.onsets), "phases")
+    phases = chain.main_phases
     for group in chain.groups[:MAX_TABLES]:
         merged = len(group.contexts) > 1
         note = f" ({len(group.contexts)} contexts, the same verdicts; largest numbers)"
@@ -128,12 +132,12 @@ def _chain(chain: ChainFinding) -> list[str]:
             "",
             f"{md(group.label)}{note if merged else ''}:",
             "",
-            "| step | " + " | ".join(PHASES) + " |",
-            "| --- |" + " --- |" * len(PHASES),
+            "| step | " + " | ".join(phases) + " |",
+            "| --- |" + " --- |" * len(phases),
         ]
         for step in group.steps:
             found = {p.phase: p for p in step.phases}
-            cells = [_effect(found[p], merged) if p in found else "—" for p in PHASES]
+            cells = [_effect(found[p], merged) if p in found else "—" for p in phases]
             lines.append(f"| {md(step.before)} → {md(step.after)} | " + " | ".join(cells) + " |")
     if len(chain.groups) > MAX_TABLES:
         more = len(chain.groups) - MAX_TABLES
@@ -231,6 +235,7 @@ def render_markdown(findings: Findings) -> str:
         "",
         f"**Outcome:** {md(s.outcome)} (exit code {s.exit_code})",
         "",
+        *_inputs(findings),
         *_attribution(findings),
         *_chains(findings),
         *_tolerances(findings),
@@ -257,7 +262,7 @@ def render_markdown(findings: Findings) -> str:
         if comp.verdict in ("identical", "unsupported"):
             continue
         bad = [
-            f"{md(p.column)} {p.verdict}"
+            f"{md(p.column)} {p.verdict}{_first_layer(p)}"
             for p in comp.phases
             if p.verdict != "identical" and not p.expected_to_vary
         ]
@@ -269,6 +274,7 @@ def render_markdown(findings: Findings) -> str:
         lines += _capped(differing, len(differing), "cells")
     else:
         lines.append("None: every cell is bitwise identical to the reference.")
+    lines += _portability(findings.portability)
     failures = []
     for cell in findings.cells:
         if cell.problem:
@@ -303,3 +309,95 @@ def render_markdown(findings: Findings) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _inputs(findings: Findings) -> list[str]:
+    """What the cells ran besides the built-in scenarios: the user's files."""
+    if not findings.inputs:
+        return []
+    parts = [
+        f"--{md(option)} {md(entry.get('file', ''))} (sha256 {md(entry.get('sha256', '')[:12])})"
+        for option, entry in findings.inputs.items()
+    ]
+    return [f"**Your files:** {' · '.join(parts)}", ""]
+
+
+def _first_layer(phase: PhaseFinding) -> str:
+    """' from layer gru': where a forward pass first leaves identical."""
+    loc = phase.localisation
+    first = loc.first_change if loc is not None else None
+    return f" from layer {md(first.name)}" if first is not None else ""
+
+
+def _short(text: str, limit: int = 360) -> str:
+    """An error as the report lists it: its start and its end, where Keras puts
+    the cause after a dump of the config; report.json keeps it whole."""
+    flat = " ".join(text.split())
+    half = limit // 2
+    return flat if len(flat) <= limit else f"{flat[:half]} … {flat[-half:]}"
+
+
+def _load_text(load: LoadFinding | None, notes: dict[str, int]) -> str:
+    """``identical``, ``rounding (max 3 ULP)``, ``failed [2]`` (the note holds the error)."""
+    if load is None:
+        return "—"
+    text = load.verdict
+    if load.status == "loaded":
+        if load.verdict == "rounding" and math.isfinite(load.max_ulp):
+            text += f" ({load.max_ulp:g} ULP)"
+        elif load.verdict in ("drift", "divergent") and math.isfinite(load.max_rel):
+            text += f" (rel {load.max_rel:.1e})"
+        return text
+    if load.status == "not_saved":
+        return "not saved"
+    number = notes.setdefault(load.reason, len(notes) + 1)
+    return f"{text} [{number}]"
+
+
+def _portability(matrices: Sequence[PortabilityFinding]) -> list[str]:
+    """One table per format: saved in (rows) x loaded in (columns), each entry
+    per model; errors numbered once below, however many loads they hit."""
+    if not matrices:
+        return []
+    lines = [
+        "",
+        "## Saved in → loaded in",
+        "",
+        "Each saved file loaded in each cell, as a user of that version loads it; the "
+        "class compares the loaded model's predictions with the saving cell's own.",
+    ]
+    notes: dict[str, int] = {}
+    for matrix in matrices:
+        lines += [
+            "",
+            f"### {md(matrix.format)}",
+            "",
+            "| saved in ↓ · loaded in → | " + " | ".join(md(c) for c in matrix.cells) + " |",
+            "| --- |" + " --- |" * len(matrix.cells),
+        ]
+        for saver in matrix.cells:
+            entries = []
+            for loader in matrix.cells:
+                parts = [
+                    f"{md(model)}: {md(_load_text(matrix.load(saver, loader, model), notes))}"
+                    for model in matrix.models
+                ]
+                entries.append("<br>".join(parts))
+            lines.append(f"| {md(saver)} | " + " | ".join(entries) + " |")
+        remarks = [
+            f"- not saved in {md(item.cell)} ({md(item.model)}): {md(_short(item.reason))}"
+            for item in matrix.saved
+            if item.status != "ok"
+        ]
+        remarks += [
+            f"- {md(item.cell)} wrote its {md(item.model)} .keras file as HDF5, not a zip"
+            for item in matrix.saved
+            if matrix.format == "keras" and item.container == "hdf5"
+        ]
+        if remarks:
+            lines += ["", *remarks]
+    if notes:
+        lines += ["", "Errors:", ""]
+        errors = [f"{n}. {md(_short(reason))}" for reason, n in notes.items()]
+        lines += _capped(errors, len(errors), "errors")
+    return lines

@@ -21,7 +21,7 @@ from pathlib import Path
 from matrix.errors import ArtifactError, ResultsError
 from matrix.execute.planfile import PlanFile, merge_plans, read_plan
 from matrix.untrusted import inside, shown_path
-from scenarios.contract import PLAN
+from scenarios.contract import PLAN, STAGE_TWO
 
 __all__ = ["CellEntry", "ResultsInventory", "discover_results", "shown_name"]
 
@@ -36,6 +36,7 @@ class CellEntry:
     root: int = 0  # which results directory, by its index
     #: why the directory must not be read (a symlink out of the results directory)
     problem: str | None = None
+    stage_two: Path | None = None  # the cell's stage-two run, when there is one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,8 +119,13 @@ def discover_results(
             if (child / "report.json").is_file() or (child / "index.html").is_file():
                 continue  # an earlier report written into the results dir
             cells_here += 1
+            stage_two = child / STAGE_TWO
             entry = CellEntry(
-                cell_id=name, directory=child, repeats=_repeat_dirs(child), root=index
+                cell_id=name,
+                directory=child,
+                repeats=_repeat_dirs(child),
+                root=index,
+                stage_two=stage_two if stage_two.is_dir() else None,
             )
             entries.append(entry)
             found.setdefault(name, entry)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from matrix.execute.planfile import PlanFile
@@ -30,6 +30,7 @@ class Loaded:
     root: int
     cell: CellArtifact
     repeats: tuple[CellArtifact, ...] = ()
+    stage_two: CellArtifact | None = None  # the cell's stage-two run, when there is one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +43,8 @@ class Merged:
     problems: tuple[str, ...]
     #: the machine most cells of each results directory ran on (by its index)
     root_machines: Mapping[int, str]
+    #: each cell's stage-two run (portability), by merged cell id
+    stage_two: Mapping[str, CellArtifact] = field(default_factory=dict)
 
     @property
     def multi_machine(self) -> bool:
@@ -98,6 +101,7 @@ def merge_cells(
     multi = len(set(root_label.values())) > 1
     cells: dict[str, CellArtifact] = {}
     repeats: dict[str, tuple[CellArtifact, ...]] = {}
+    second: dict[str, CellArtifact] = {}
     machines: dict[str, str] = {}
     origin: dict[str, str] = {}  # merged id -> the cell id its directory has
     for n, item in enumerate(loaded):
@@ -108,14 +112,17 @@ def merge_cells(
             axes = {**item.cell.axes, MACHINE_AXIS: where}
             cell = replace(item.cell, cell_id=cid, axes=axes)
             runs = tuple(replace(r, cell_id=cid, axes=axes) for r in item.repeats)
+            two = replace(item.stage_two, cell_id=cid, axes=axes) if item.stage_two else None
         else:
-            cid, cell, runs = name, item.cell, item.repeats
+            cid, cell, runs, two = name, item.cell, item.repeats, item.stage_two
         if cid in cells:
             problems.append(
                 f"{item.cell.directory}: cell {cid} also in {cells[cid].directory}; using the first"
             )
             continue
         cells[cid], repeats[cid], origin[cid] = cell, runs, name
+        if two is not None:
+            second[cid] = two
         if multi:
             machines[cid] = where
 
@@ -161,6 +168,7 @@ def merge_cells(
         machines=machines,
         problems=tuple(problems),
         root_machines=root_label,
+        stage_two=second,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -18,7 +19,15 @@ from typing import Protocol
 from matrix.paths import ROOT
 from matrix.plan.stacks import Stack
 
-__all__ = ["SCENARIOS_ROOT", "CellRun", "Environment", "Executor", "Prepared", "failure_reason"]
+__all__ = [
+    "SCENARIOS_ROOT",
+    "CellRun",
+    "Environment",
+    "Executor",
+    "Prepared",
+    "ReadOnlyInput",
+    "failure_reason",
+]
 
 #: The directory that holds the ``scenarios`` package, on the host.
 SCENARIOS_ROOT = ROOT
@@ -34,6 +43,17 @@ class Environment:
     @property
     def name(self) -> str:
         return f"{self.stack.name}.{self.target}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadOnlyInput:
+    """A host file or directory a run reads and never writes: the user's
+    model, another cell's stage-one files. ``name`` is unique within a run
+    and a plain file name (the docker executor mounts it at
+    ``/opt/krm/in/<name>``)."""
+
+    name: str
+    path: Path
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,11 +102,17 @@ class Executor(Protocol):
         memory: str,
         gpu: bool,
         extra_env: dict[str, str],
+        inputs: Sequence[ReadOnlyInput] = (),
     ) -> CellRun:
         """Run ``python -m scenarios --out <out_dir> *runner_args`` in the
         environment. ``out_dir`` does not exist yet; its parent (the run's
         staging directory) does and is the only place the run may write on
-        the host."""
+        the host. ``inputs`` are readable by the run, read-only, at
+        :meth:`input_path`."""
+        ...
+
+    def input_path(self, item: ReadOnlyInput) -> str:
+        """Where a run sees an input (the runner arguments name it so)."""
         ...
 
     def terminate_all(self) -> None:

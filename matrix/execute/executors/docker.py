@@ -8,6 +8,8 @@ Inside the container (see :func:`cell_spec`):
   /out                a fresh staging directory next to ``out_dir``, the only
                       writable host path; the runner writes ``/out/<name>``
                       and the result is renamed to ``out_dir`` afterwards
+  /opt/krm/in/<name>  each input of the run (the user's model, other cells'
+                      stage-one files), read-only
 
 Who owns /out (see :func:`matrix.environments.engine.container_user`). Run
 as a non-root host user, the container runs as that same uid:gid: still
@@ -25,26 +27,35 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from matrix import command
 from matrix.console import build_log
 from matrix.environments import engine
 from matrix.environments.images import ImageInfo, ensure_image
-from matrix.execute.executors.base import CellRun, Environment, Prepared, failure_reason
+from matrix.execute.executors.base import (
+    CellRun,
+    Environment,
+    Prepared,
+    ReadOnlyInput,
+    failure_reason,
+)
 from matrix.paths import SCENARIOS
 
 __all__ = [
+    "CONTAINER_INPUTS",
     "CONTAINER_OUT",
     "CONTAINER_SCENARIOS",
     "DockerExecutor",
     "cell_spec",
+    "input_path",
     "make_staging",
 ]
 
 CONTAINER_SCENARIOS = "/opt/krm/scenarios"
 CONTAINER_OUT = "/out"
+CONTAINER_INPUTS = "/opt/krm/in"
 #: The file in a run's staging directory that names its container.
 CONTAINER_FILE = "container.name"
 _TAIL_LINES = 40
@@ -62,6 +73,7 @@ def cell_spec(
     memory: str,
     gpu: bool,
     user: str,
+    inputs: Sequence[ReadOnlyInput] = (),
 ) -> engine.RunSpec:
     """The hardened container for one runner invocation (pure)."""
     return engine.RunSpec(
@@ -71,12 +83,21 @@ def cell_spec(
         mounts=(
             engine.Mount(source=scenarios, target=CONTAINER_SCENARIOS, read_only=True),
             engine.Mount(source=staging, target=CONTAINER_OUT, read_only=False),
+            *(
+                engine.Mount(source=item.path, target=input_path(item), read_only=True)
+                for item in inputs
+            ),
         ),
         env=dict(env),
         memory=memory,
         gpu=gpu,
         user=user,
     )
+
+
+def input_path(item: ReadOnlyInput) -> str:
+    """Where a container sees an input."""
+    return f"{CONTAINER_INPUTS}/{item.name}"
 
 
 def _ids(user: str) -> tuple[int, int]:
@@ -140,6 +161,9 @@ class DockerExecutor:
         """What :meth:`prepare` learned about an image (tag, CUDA versions...)."""
         return self._images.get(environment_id)
 
+    def input_path(self, item: ReadOnlyInput) -> str:
+        return input_path(item)
+
     def terminate_all(self) -> None:
         """Remove every container still running and stop any build (a stop)."""
         command.terminate_all()
@@ -164,6 +188,7 @@ class DockerExecutor:
         memory: str,
         gpu: bool,
         extra_env: dict[str, str],
+        inputs: Sequence[ReadOnlyInput] = (),
     ) -> CellRun:
         info = engine.check_engine()
         host_uid, host_gid = os.getuid(), os.getgid()
@@ -184,6 +209,7 @@ class DockerExecutor:
             memory=memory,
             gpu=gpu,
             user=user,
+            inputs=inputs,
         )  # fmt: skip
         try:
             result = engine.run_container(spec, timeout=timeout)

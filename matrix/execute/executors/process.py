@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matrix import command
@@ -14,6 +14,7 @@ from matrix.execute.executors.base import (
     CellRun,
     Environment,
     Prepared,
+    ReadOnlyInput,
     failure_reason,
 )
 
@@ -104,11 +105,16 @@ class ProcessExecutor:
         memory: str,
         gpu: bool,
         extra_env: dict[str, str],
+        inputs: Sequence[ReadOnlyInput] = (),
     ) -> CellRun:
+        # Inputs are read where they are (the scheduler's read-only copies).
         # No memory limit: without a container there is no cgroup of our own,
         # and RLIMIT_AS breaks frameworks that reserve address space up front.
         env_vars = runner_env(env.stack.env, extra_env)
         return run_runner(self.python_for(env), runner_args, out_dir, env_vars, timeout)
+
+    def input_path(self, item: ReadOnlyInput) -> str:
+        return str(item.path.absolute())
 
     def terminate_all(self) -> None:
         command.terminate_all()
