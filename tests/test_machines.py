@@ -28,6 +28,8 @@ def test_labels_are_readable_and_name_the_widest_isa() -> None:
     intel = {"model": "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz", "flags": ["amx_tile"]}
     assert machine_of(fingerprint(cpu=intel)).label.endswith("-amx")  # type: ignore[union-attr]
     assert isa_level(["sse4_2"]) == "sse"
+    arm = fingerprint(cpu={"model": "Neoverse-N1", "flags": [], "machine": "aarch64"})
+    assert machine_of(arm).label == "neoverse-n1-aarch64"  # type: ignore[union-attr]
     gpu = fingerprint(cpu=AVX2, device={"kind": "gpu", "name": "NVIDIA H200", "driver": "570"})
     assert machine_of(gpu).label == "amd-epyc-avx2+nvidia-h200"  # type: ignore[union-attr]
     assert machine_of({"cpu": "not a table"}) is None

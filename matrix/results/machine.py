@@ -98,7 +98,9 @@ def machine_of(fingerprint: Mapping[str, Any]) -> Machine | None:
     )
     if model is None and not flags:
         return None
-    label = f"{_slug(model)}-{isa_level(flags)}"
+    x86 = arch in (None, "x86_64", "AMD64", "i686", "i386")
+    # Off x86 the fingerprint keeps no instruction-set flags: the architecture says it.
+    label = f"{_slug(model)}-{isa_level(flags) if x86 else _slug(arch)}"
     gpu = None
     device = fingerprint.get("device")
     if isinstance(device, Mapping) and device.get("kind") == "gpu":
