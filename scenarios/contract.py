@@ -134,6 +134,10 @@ class Axis:
     #: how a non-default value shows in a cell id; None: never (it is implied by the stack)
     label: str | None = "{name}-{value}"
     help: str = ""
+    #: the scenarios that apply this axis (None: every scenario). At another
+    #: value than the default a cell runs only these: the others would run
+    #: exactly as at the default, the same work again.
+    scenarios: tuple[str, ...] | None = None
 
     @property
     def option(self) -> str:
@@ -254,7 +258,8 @@ AXES: tuple[Axis, ...] = (
         choices=("float32", "mixed_float16", "mixed_bfloat16"),
         label="{value}",
         help="dtype policy of the precision scenario; the other scenarios always run "
-        "float32 so they stay comparable across this axis",
+        "float32 so they stay comparable across this axis (and run in float32 cells only)",
+        scenarios=("precision",),
     ),
     Axis(
         name="determinism",

@@ -6,6 +6,7 @@ import pytest
 
 from matrix.errors import SpecError
 from matrix.plan.cells import (
+    cell_scenarios,
     AXIS_DEFAULTS,
     cell_id,
     expand,
@@ -157,3 +158,20 @@ def test_runner_args_carry_every_setting(tmp_path: Path) -> None:
     assert pairs["--precision"] == "mixed_bfloat16"
     assert pairs["--threads"] == "1"
     assert pairs["--device"] == "cpu"
+
+
+def test_cells_off_the_default_precision_run_only_the_scenarios_that_apply_it() -> None:
+    """The other scenarios run float32 whatever the cell's precision: a mixed
+    cell that ran them again would repeat the float32 cell's work."""
+    spec = load_spec(SPECS / "default.toml", CATALOG)
+    by_id = {c.id: c for c in expand(spec, CATALOG)}
+    everything = spec.scenarios
+    assert cell_scenarios(by_id["tf-2.15__cpu"], everything) == tuple(everything)
+    assert cell_scenarios(by_id["tf-2.15__cpu__mixed_float16"], everything) == ("precision",)
+    # onednn, isa and the rest change every scenario: nothing is left out
+    assert cell_scenarios(by_id["tf-2.21__cpu__onednn-off"], everything) == tuple(everything)
+    assert cell_scenarios(by_id["tf-2.21__cpu__isa-avx2"], everything) == tuple(everything)
+    # a list with nothing that applies the axis runs as it is
+    assert cell_scenarios(by_id["tf-2.15__cpu__mixed_bfloat16"], ["seeded_mlp"]) == ("seeded_mlp",)
+    args = runner_args(by_id["tf-2.15__cpu__mixed_bfloat16"], spec)
+    assert args[args.index("--scenarios") + 1] == "precision"

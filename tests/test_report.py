@@ -789,3 +789,29 @@ def test_portable_tolerances_pass_as_printed_and_recompute(tmp_path: Path) -> No
     assert (
         "### precision=float32 (3 cells)" in md and "### precision=mixed\\_bfloat16 (1 cell)" in md
     )
+
+
+def test_a_cell_compares_on_the_scenarios_both_cells_were_asked_to_run(tmp_path: Path) -> None:
+    """A mixed-precision cell runs only the precision scenario: against the
+    float32 reference it compares on that one, and is missing nothing."""
+    full = {
+        "mlp/forward/out": np.ones(4, dtype=np.float32),
+        "precision/forward/out": np.ones(4, dtype=np.float32),
+    }
+    write_cell(tmp_path, "f32", axes={"stack": "s", "precision": "float32"}, tensors=full)
+    write_cell(
+        tmp_path,
+        "mixed",
+        axes={"stack": "s", "precision": "mixed_float16"},
+        tensors={"precision/forward/out": np.full(4, 1.0 + 2e-3, dtype=np.float32)},
+    )
+    write_plan(tmp_path, ["f32", "mixed"], reference="f32", axes=["stack", "precision"])
+    summary = build_report([tmp_path], generated_at=PINNED)
+    report = load_report(tmp_path / "report")
+    comp = next(
+        c for c in report["comparisons"] if c["kind"] == "reference" and c["candidate"] == "mixed"
+    )
+    assert [p["column"] for p in comp["phases"]] == ["precision/forward"]
+    assert comp["verdict"] == "drift"
+    assert summary.exit_code == 0 and not report["summary"]["missing_cells"]
+    assert all(p["verdict"] != "missing" for c in report["comparisons"] for p in c["phases"])

@@ -161,6 +161,13 @@ def cell_columns(*cells: CellArtifact) -> list[tuple[str, str]]:
     scenarios: set[str] = set()
     for cell in cells:
         scenarios |= set(_scenario_phases(cell)) | set(cell.scenarios)
+    # A comparison covers the scenarios each cell was asked to run (its
+    # manifest lists every one, run or failed): a mixed-precision cell runs
+    # only the precision scenario, and is not "missing" the others. A cell
+    # with no manifest (a failed run) restricts nothing: it is failed everywhere.
+    for cell in cells:
+        if cell.scenarios:
+            scenarios &= set(cell.scenarios)
     out: list[tuple[str, str]] = []
     for scenario in sorted(scenarios):
         phases: set[str] = set()

@@ -19,6 +19,7 @@ __all__ = [
     "AXIS_DEFAULTS",
     "Cell",
     "cell_id",
+    "cell_scenarios",
     "chain_combos",
     "derived_axes",
     "derived_when_unrecorded",
@@ -292,14 +293,26 @@ def shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
     return [c for k, c in enumerate(cells) if k % count == index - 1]
 
 
+def cell_scenarios(cell: Cell, scenarios: Sequence[str]) -> tuple[str, ...]:
+    """The scenarios a cell runs: at a value of an axis other than its default,
+    only those that apply that axis (contract ``Axis.scenarios``); the
+    others would compute exactly what the default's cell computes. When that
+    leaves nothing (a scenario list of none that apply it), all of them."""
+    kept = list(scenarios)
+    for axis in setting_axes():
+        if axis.scenarios is not None and cell.axes.get(axis.name, axis.default) != axis.default:
+            kept = [name for name in kept if name in axis.scenarios]
+    return tuple(kept) or tuple(scenarios)
+
+
 def runner_args(cell: Cell, spec: Spec, scenarios: Sequence[str] = ()) -> list[str]:
     """The ``python -m scenarios`` options that apply the cell's settings:
     every setting axis (the environment axes pick the image), the scenarios
-    (default: the spec's), then the spec's runner options."""
+    (default: the spec's) the cell runs, then the spec's runner options."""
     args: list[str] = []
     for axis in setting_axes():
         args += [axis.option, str(cell.axes[axis.name])]
-    args += ["--scenarios", ",".join(scenarios or spec.scenarios)]
+    args += ["--scenarios", ",".join(cell_scenarios(cell, scenarios or spec.scenarios))]
     for option in OPTIONS:
         if option.spec and option.kind != "scenarios":
             args += [option.option, str(spec.runner.get(option.name, option.default))]
