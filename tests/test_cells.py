@@ -6,9 +6,9 @@ import pytest
 
 from matrix.errors import SpecError
 from matrix.plan.cells import (
-    cell_scenarios,
     AXIS_DEFAULTS,
     cell_id,
+    cell_scenarios,
     expand,
     filter_cells,
     parse_shard,
