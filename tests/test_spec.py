@@ -17,11 +17,22 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["default", "full", "gpu"])
-def test_shipped_specs_load(name: str) -> None:
-    spec = load_spec(SPECS / f"{name}.toml")
+SHIPPED = sorted(p.stem for p in SPECS.glob("*.toml") if p.name != "stacks.toml")
+
+
+def test_the_shipped_specs_are_the_documented_ones() -> None:
+    assert SHIPPED == ["atlas", "default", "full", "gpu", "isa", "portability"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_specs_load_and_expand(name: str) -> None:
+    from matrix.plan.cells import expand
+
+    catalog = load_catalog()
+    spec = load_spec(SPECS / f"{name}.toml", catalog)
     assert spec.name == name
-    assert spec.axes["stack"]
+    assert spec.axes.get("stack") or spec.chains
+    assert expand(spec, catalog)
 
 
 def test_defaults(tmp_path: Path) -> None:

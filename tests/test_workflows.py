@@ -59,7 +59,9 @@ def test_matrix_workflow_is_scheduled_and_dispatchable() -> None:
         assert needle in text
 
 
-@pytest.mark.parametrize("spec", ["full.toml", "gpu.toml", "default.toml", "atlas.toml"])
+@pytest.mark.parametrize(
+    "spec", ["full.toml", "gpu.toml", "default.toml", "atlas.toml", "isa.toml", "portability.toml"]
+)
 def test_list_json_is_a_ci_matrix_of_one_job_per_environment(spec: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "matrix", "run", "--spec", str(ROOT / "matrix" / spec),
