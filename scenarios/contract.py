@@ -346,6 +346,16 @@ def setting_axes() -> tuple[Axis, ...]:
     return tuple(a for a in AXES if a.selects == "setting")
 
 
+def settled_axes(axes: Mapping[str, Any]) -> dict[str, Any]:
+    """A cell's axes with every setting it does not name at its default.
+
+    A result made before a setting axis existed ran at that axis's default:
+    axes are appended with a default that means "as before". So results
+    from two releases of this contract stay comparable cell for cell.
+    """
+    return {**{a.name: a.default for a in setting_axes()}, **axes}
+
+
 # ---- run options that are not axes ----------------------------------------------
 
 

@@ -31,7 +31,7 @@ def test_loads_a_sound_cell(tmp_path: Path) -> None:
     )
     cell = load_cell(d)
     assert cell.ok and cell.cell_id == "c1" and cell.executor == "docker"
-    assert cell.axes == {"tensorflow": "2.15"}
+    assert cell.axes["tensorflow"] == "2.15"
     info = cell.tensors["mlp/init/kernel"]
     assert (
         info.shape == (3, 4)
@@ -184,3 +184,17 @@ def test_large_tensors_are_streamed_and_compare_like_in_memory(
     want = compare_tensors(ArraySource(b), ArraySource(a), dtype="float32", thresholds=th)
     assert repr(got) == repr(want)
     assert got.worst[0].index == (123,) and got.outside_rounding == 1
+
+
+def test_a_result_made_before_a_setting_axis_existed_reads_at_its_default(tmp_path: Path) -> None:
+    """Axes are appended with a default meaning "as before": an older manifest
+    that does not name ``isa`` ran uncapped, and must pair with a cell that says
+    ``isa=native``, or results from two releases of the tool never compare."""
+    old = load_cell(write_cell(tmp_path, "old", axes={"stack": "s", "precision": "float32"}))
+    new = load_cell(
+        write_cell(tmp_path, "new", axes={"stack": "s", "precision": "float32", "isa": "avx2"})
+    )
+    assert old.axes["isa"] == "native" and old.axes["tf32"] == "default"
+    assert new.axes["isa"] == "avx2" and old.axes["stack"] == "s"
+    # an environment axis is never guessed: the stack implies it, not a default
+    assert "tensorflow" not in old.axes

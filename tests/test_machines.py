@@ -47,13 +47,19 @@ def test_two_machines_with_one_label_are_kept_apart() -> None:
     assert distinct_labels({a.key: a}) == {a.key: "amd-epyc-avx2"}
 
 
-def _host(root: Path, cpu: dict, outputs: dict[str, float], failed: str | None = None) -> Path:
+def _host(
+    root: Path,
+    cpu: dict,
+    outputs: dict[str, float],
+    failed: str | None = None,
+    settings: dict[str, str] | None = None,
+) -> Path:
     for cell, value in outputs.items():
         stack = cell.split("__")[0]
         write_cell(
             root,
             cell,
-            axes={"stack": stack, "precision": "float32"},
+            axes={"stack": stack, "precision": "float32", **(settings or {})},
             tensors={"seeded_mlp/forward/output": np.full(4, value, dtype=np.float32)},
             fingerprint_overrides={"cpu": cpu},
         )
@@ -104,6 +110,23 @@ def test_the_same_cells_from_two_machines_merge_with_the_machine_as_an_axis(
     avx2, avx512 = "@amd-epyc-avx2", "@amd-epyc-avx512-bf16"
     assert verdicts[("tf-2.15__cpu" + avx2, "tf-2.15__cpu" + avx512)] == "identical"
     assert verdicts[("tf-2.16__cpu" + avx2, "tf-2.16__cpu" + avx512)] == "divergent"
+
+
+def test_results_from_before_an_axis_existed_still_pair_across_machines(tmp_path: Path) -> None:
+    """A host whose manifests predate the isa and tf32 axes ran at their
+    defaults; its cells pair with the same cells of a newer host that names
+    them, so the machine is attributed, not an (unset) context."""
+    old = _host(tmp_path / "avx2", AVX2, {"tf-2.15__cpu": 1.0})
+    new = _host(
+        tmp_path / "avx512",
+        AVX512,
+        {"tf-2.15__cpu": 2.0},
+        settings={"isa": "native", "tf32": "default"},
+    )
+    findings = make_findings([old, new])
+    rows = [r for r in findings.attribution if r.axis == "machine"]
+    assert len(rows) == 1 and rows[0].verdict == "divergent"
+    assert "(unset)" not in json.dumps([r.head for r in findings.attribution])
 
 
 def test_one_machine_keeps_plain_cell_ids(tmp_path: Path) -> None:
@@ -167,6 +190,7 @@ def test_the_report_shows_beside_each_cell_what_the_hardware_decided(tmp_path: P
             "cpu": AVX512,
             "isa": {"requested": "sse41", "cpu_supports": False, "missing": ["sse4_1"],
                     "libraries": {}},
+            "defaults": {},  # as the runner writes it: nothing chosen, none derived
         },
     )  # fmt: skip
     build_report([tmp_path / "r"], tmp_path / "out")
@@ -205,3 +229,18 @@ def test_hardware_of_a_hostile_fingerprint_is_partial_never_an_error() -> None:
         assert found.isa == "native" or isinstance(found.isa, str)
         assert all(lib.honoured in (True, False, None) for lib in found.libraries)
         assert isinstance(found.isa_summary, str) and isinstance(found.defaults_summary, str)
+
+
+def test_a_fingerprint_from_before_the_defaults_record_gets_them_from_its_cpu_flags() -> None:
+    """Older manifests hold what TensorFlow reported (oneDNN on or off, the
+    threads) and the CPU flags, not the reason: the report derives it."""
+    from matrix.analysis.hardware import hardware_of
+
+    old = {"backend": "tensorflow", "onednn": False, "threads": 2, "cpu": AVX2}
+    choices = {d.name: d for d in hardware_of(old).defaults}
+    assert choices["onednn"].value == "off" and "none of them" in choices["onednn"].reason
+    assert choices["threads"].value == "2"
+    vnni = hardware_of({**old, "onednn": True, "cpu": AVX512}).defaults[0]
+    assert vnni.value == "on" and "avx512_vnni" in vnni.reason
+    # a torch fingerprint: oneDNN's default is not TensorFlow's rule
+    assert [d.name for d in hardware_of({**old, "backend": "torch"}).defaults] == ["threads"]

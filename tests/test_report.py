@@ -360,7 +360,7 @@ def test_failed_run_recorded_by_the_scheduler(tmp_path: Path) -> None:
     report = load_report(tmp_path / "report")
     cell = next(c for c in report["cells"] if c["id"] == "b")
     assert cell["status"] == "failed" and "timeout after 600 s" in cell["problem"]
-    assert cell["axes"] == {"v": "2"} and cell["executor"] == "venv"
+    assert cell["axes"]["v"] == "2" and cell["executor"] == "venv"
     assert phase(report, "reference", "b", "mlp/train")["verdict"] == "failed"
     assert [p["kind"] for p in report["problems"]] == ["run"]
 

@@ -152,6 +152,15 @@ class AxisChange:
         verdicts = {c.verdict for c in self.contexts}
         return verdicts.pop() if len(verdicts) == 1 else None
 
+    @property
+    def worst_groups(self) -> tuple[tuple[str, DriftClass], ...]:
+        """(contexts named briefly, verdict) per set of contexts with the same worst
+        verdict, in the order the verdicts first appear."""
+        by_verdict: dict[DriftClass, list[Context]] = {}
+        for change in self.contexts:
+            by_verdict.setdefault(change.verdict, []).append(change.context)
+        return tuple((self.describe(group), v) for v, group in by_verdict.items())
+
     @cached_property
     def phases(self) -> tuple[Agreement, ...]:
         return agreement(self.contexts, lambda c: c.phases)

@@ -308,6 +308,7 @@ class AttributionRow:
     label_axes: tuple[str, ...]  # those that differ among this change's contexts
     common: Mapping[str, str]  # context values every one of its contexts shares
     verdict: str | None  # the same worst verdict in every context; None: it depends
+    worst: tuple[GroupVerdict, ...]  # the contexts with the same worst verdict, named briefly
     groups: tuple[ContextGroup, ...]
     head: str  # 'stack tf-2.15 -> tf-2.16 (3 contexts; onednn=default in all)'
     summary: str  # the head, then every phase: once where contexts agree, else per context
@@ -913,6 +914,7 @@ def _attribution(row: AxisChange) -> AttributionRow:
         label_axes=row.label_axes,
         common=dict(row.common),
         verdict=verdict.value if verdict is not None else None,
+        worst=tuple(GroupVerdict(label=label, verdict=v.value) for label, v in row.worst_groups),
         groups=tuple(
             ContextGroup(
                 label=row.describe(g.contexts),

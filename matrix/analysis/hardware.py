@@ -9,11 +9,12 @@ is left out, never raised.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from matrix.results.machine import machine_of
+from scenarios.hardware import onednn_default
 
 __all__ = ["DefaultChoice", "HardwareFinding", "LibraryDispatch", "hardware_of"]
 
@@ -119,6 +120,8 @@ def hardware_of(fingerprint: Mapping[str, Any]) -> HardwareFinding:
                     reason=_text(choice.get("reason")) or "",
                 )
             )
+    if "defaults" not in fp:
+        defaults = list(_derived_defaults(fp))
     missing = isa.get("missing")
     uncapped = isa.get("fixed")
     supported = isa.get("cpu_supports")
@@ -136,3 +139,28 @@ def hardware_of(fingerprint: Mapping[str, Any]) -> HardwareFinding:
         else (),
         defaults=tuple(defaults),
     )
+
+
+def _derived_defaults(fp: Mapping[str, Any]) -> Iterator[DefaultChoice]:
+    """For a fingerprint that predates its ``defaults`` table: TensorFlow's
+    oneDNN choice as it reported it, with the reason the recorded CPU flags
+    give, and the thread count; nothing where the fingerprint lacks either."""
+    cpu = _table(fp, "cpu")
+    flags = cpu.get("flags")
+    onednn = fp.get("onednn")
+    if fp.get("backend") == "tensorflow" and isinstance(onednn, bool) and isinstance(flags, list):
+        rule = onednn_default(
+            (f for f in flags if isinstance(f, str)), _text(cpu.get("machine")) or "x86_64"
+        )
+        yield DefaultChoice(
+            name="onednn",
+            value=_shown(onednn),
+            chosen_by="tensorflow",
+            reason=f"{rule['reason']} (derived from the recorded CPU flags)",
+        )
+    threads = fp.get("threads")
+    if isinstance(threads, int) and not isinstance(threads, bool):
+        yield DefaultChoice(
+            name="threads", value=str(threads), chosen_by=_text(fp.get("backend")) or "unknown",
+            reason="as the framework reported it",
+        )

@@ -39,7 +39,7 @@ _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|#~!"})
 def md(text: object) -> str:
     """Escape text for a Markdown table cell or line: HTML, Markdown syntax, newlines."""
     flat = " ".join(str(text).split())
-    return html.escape(flat, quote=True).translate(_MD_SPECIAL)
+    return html.escape(flat, quote=False).translate(_MD_SPECIAL)
 
 
 def _capped(rows: Sequence[str], total: int, what: str) -> list[str]:
@@ -77,7 +77,7 @@ def _row(row: AttributionRow) -> list[str]:
     else:
         lines.append(
             "Worst, per context: "
-            + "; ".join(f"{md(g.label)}: **{g.verdict}**" for g in row.groups)
+            + "; ".join(f"{md(g.label)}: **{g.verdict}**" for g in row.worst)
         )
     lines.append("")
     quiet = [p.phase for p in row.phases if p.agreed == "identical"]

@@ -55,6 +55,7 @@ from scenarios.contract import (
     SCHEMA_ID,
     SCHEMA_VERSION,
     TENSORS,
+    settled_axes,
 )
 
 __all__ = [
@@ -253,13 +254,13 @@ def _failed_run(cid: str, directory: Path) -> CellArtifact | None:
         return CellArtifact(cell_id=cid, directory=directory, problem=one_line(exc.message, 600))
     if not isinstance(record, dict) or record.get("status") != "failed":
         return None
-    axes = record.get("axes")
+    axes = _plain_axes(record.get("axes"))
     return CellArtifact(
         cell_id=cid,
         directory=directory,
         problem=f"{shown_path(record_path)}: the run failed: {one_line(str(record.get('reason')))}",
         run_failed=True,
-        axes=_plain_axes(axes),
+        axes=settled_axes(axes) if axes else {},
         executor=_short_text(record.get("executor")),
         environment_id=_short_text(record.get("environment_id")),
         log_tail=tail_text(directory / LOG, _LOG_TAIL_BYTES, within=directory),
@@ -345,7 +346,7 @@ def _from_manifest(cid: str, directory: Path, manifest: Mapping[str, Any]) -> Ce
     return CellArtifact(
         cell_id=cid,
         directory=directory,
-        axes=dict(cell["axes"]),
+        axes=settled_axes(cell["axes"]),
         executor=cell["executor"],
         repeat=int(cell["repeat"]),
         environment_id=cell.get("environment_id"),
