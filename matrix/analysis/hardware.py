@@ -161,6 +161,8 @@ def _derived_defaults(fp: Mapping[str, Any]) -> Iterator[DefaultChoice]:
     threads = fp.get("threads")
     if isinstance(threads, int) and not isinstance(threads, bool):
         yield DefaultChoice(
-            name="threads", value=str(threads), chosen_by=_text(fp.get("backend")) or "unknown",
+            name="threads",
+            value=str(threads),
+            chosen_by=_text(fp.get("backend")) or "unknown",
             reason="as the framework reported it",
         )

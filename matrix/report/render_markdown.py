@@ -76,8 +76,7 @@ def _row(row: AttributionRow) -> list[str]:
         lines.append(f"Worst: **{row.verdict}** in {every}.")
     else:
         lines.append(
-            "Worst, per context: "
-            + "; ".join(f"{md(g.label)}: **{g.verdict}**" for g in row.worst)
+            "Worst, per context: " + "; ".join(f"{md(g.label)}: **{g.verdict}**" for g in row.worst)
         )
     lines.append("")
     quiet = [p.phase for p in row.phases if p.agreed == "identical"]
