@@ -8,6 +8,7 @@ after settings.apply_environment has set what frameworks read at import.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import random
 from collections.abc import Sequence
@@ -62,7 +63,12 @@ class Framework:
             policy = self.global_policy()
             # free_memory=False: the default gc.collect() costs ~0.2 s a
             # call with torch or JAX loaded and has nothing to do with numbers.
-            self.keras.backend.clear_session(free_memory=False)
+            # Keras 3.0-3.3 have no such argument.
+            clear_session = self.keras.backend.clear_session
+            if "free_memory" in inspect.signature(clear_session).parameters:
+                clear_session(free_memory=False)
+            else:
+                clear_session()
             if self.global_policy() != policy:
                 self.set_policy(policy)
                 self.note(f"Keras 3 clear_session reset the dtype policy; {policy} re-applied")
@@ -92,8 +98,16 @@ class Framework:
         """An LSTM; cudnn None lets the framework decide, as users get it."""
         layers = self.keras.layers
         if self.major >= 3:
-            use = "auto" if cudnn is None else bool(cudnn)
-            return layers.LSTM(units, stateful=stateful, name=name, use_cudnn=use)
+            if "use_cudnn" in inspect.signature(layers.LSTM.__init__).parameters:
+                use = "auto" if cudnn is None else bool(cudnn)
+                return layers.LSTM(units, stateful=stateful, name=name, use_cudnn=use)
+            # Keras 3.0 has no switch: it picks the kernel itself.
+            if cudnn is not None:
+                self.note(
+                    f"Keras {self.version} has no LSTM use_cudnn: cudnn="
+                    f"{'on' if cudnn else 'off'} not applied, the framework chose"
+                )
+            return layers.LSTM(units, stateful=stateful, name=name)
         layer = layers.LSTM(units, stateful=stateful, name=name)
         if cudnn is False:
             # Keras 2 has no switch; its v2 LSTM picks the cuDNN kernel when

@@ -252,3 +252,34 @@ def test_version_like_values_form_inferred_chains_in_plan_order() -> None:
     ]  # threads are numbers, not versions
     declared = [ChainRecord(axis="stack", values=("tf-2.9", "tf-2.12"))]
     assert inferred_chains(cells, ["stack", "threads"], declared) == []
+
+
+def test_a_phase_compared_only_in_some_contexts_is_identical_where_compared(
+    tmp_path: Path,
+) -> None:
+    """Mixed-precision cells run only the precision scenario: a float32-only
+    phase identical across the change is said so, with where it was compared,
+    not listed as if the contexts disagreed."""
+    from artifact_factory import write_cell, write_plan
+
+    from matrix.report.command import build_report
+
+    ids = []
+    for stack, nudge in (("tf-2.15", 0.0), ("tf-2.16", 1e-3)):
+        for precision in ("float32", "mixed_bfloat16"):
+            tensors = {"p/forward/y": np.linspace(0, 1, 8, dtype=np.float32)}
+            if precision == "float32":
+                tensors["s/init/w"] = np.arange(6, dtype=np.float32)
+                tensors["s/train/w"] = np.linspace(1, 2, 6, dtype=np.float32) + nudge
+            cid = f"{stack}__{precision}"
+            write_cell(tmp_path, cid, axes={"stack": stack, "precision": precision},
+                       tensors=tensors)  # fmt: skip
+            ids.append(cid)
+    write_plan(tmp_path, ids, axes=["stack", "precision"], reference=ids[0])
+    build_report([tmp_path], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    section = md.split("### stack tf-2.15 → tf-2.16")[1].split("###")[0]
+    assert "- identical where compared (precision=float32): init" in section
+    assert "- identical in every context: forward" in section
+    assert "train: precision=float32: drift" in section
+    assert "init: precision=float32: identical; precision=mixed\\_bfloat16: not compared" not in md

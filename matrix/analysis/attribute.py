@@ -98,6 +98,18 @@ class Agreement:
     per_context: tuple[tuple[Context, PhaseSummary | None], ...]  # None: not compared there
 
     @property
+    def compared(self) -> tuple[Context, ...]:
+        """The contexts that compared this phase (a mixed-precision cell runs
+        only the precision scenario, so others are compared in float32 alone)."""
+        return tuple(c for c, s in self.per_context if s is not None)
+
+    @property
+    def agreed_where_compared(self) -> DriftClass | None:
+        """The verdict when every context that compared the phase gave the same one."""
+        verdicts = {s.verdict for _, s in self.per_context if s is not None}
+        return verdicts.pop() if len(verdicts) == 1 else None
+
+    @property
     def peak(self) -> PhaseSummary | None:
         """Numbers merged over the contexts, only where their verdicts agree."""
         if self.agreed is None:

@@ -293,6 +293,10 @@ class PhaseAgreement:
 
     phase: str
     agreed: str | None  # the verdict of every context; None: they differ
+    #: the verdict of every context that compared it (None: they differ), and
+    #: those contexts named briefly ('every context' where all did)
+    agreed_where_compared: str | None
+    compared_in: str
     max_abs: float  # over the contexts, only when they agree (else NaN)
     max_rel: float
     max_ulp: float
@@ -895,6 +899,14 @@ def _agreements(row: AxisChange, items: Sequence[Agreement]) -> tuple[PhaseAgree
             PhaseAgreement(
                 phase=item.phase,
                 agreed=item.agreed.value if item.agreed is not None else None,
+                agreed_where_compared=item.agreed_where_compared.value
+                if item.agreed_where_compared is not None
+                else None,
+                compared_in="every context"
+                if len(item.compared) == len(item.per_context)
+                else row.describe(item.compared)
+                if item.compared
+                else "no context",
                 max_abs=peak.max_abs if peak else math.nan,
                 max_rel=peak.max_rel if peak else math.nan,
                 max_ulp=peak.max_ulp if peak else math.nan,
@@ -1004,13 +1016,24 @@ def _chain(chain: Chain) -> ChainFinding:
             for line in lines
         ]
         texts = [(label, onset_text(o) if o else "not compared") for label, o in per]
-        distinct = {t for _, t in texts}
-        if len(distinct) == 1:
+        # contexts that read the same share one clause, named as briefly as
+        # the others allow; a phase some contexts never ran is said where it ran
+        by_text: dict[str, list[Context]] = {}
+        for line, (_, t) in zip(chain.lines, texts, strict=True):
+            by_text.setdefault(t, []).append(line.context)
+        universe = [line.context for line in chain.lines]
+        compared = {t: g for t, g in by_text.items() if t != "not compared"}
+        if len(by_text) == 1:
             every = "in every context" if len(texts) > 1 else "in its only context"
             text = f"{column}: {texts[0][1]} ({every})"
+        elif len(compared) == 1:
+            ((t, group),) = compared.items()
+            text = f"{column}: {t} (where compared: {describe(group, universe, names)})"
         else:
-            text = f"{column}: " + "; ".join(f"{label}: {t}" for label, t in texts)
-        onsets.append(OnsetAgreement(column=column, agreed=len(distinct) == 1, text=text))
+            text = f"{column}: " + "; ".join(
+                f"{describe(g, universe, names)}: {t}" for t, g in by_text.items()
+            )
+        onsets.append(OnsetAgreement(column=column, agreed=len(by_text) == 1, text=text))
     return ChainFinding(
         groups=_chain_groups(chain, names),
         axis=chain.axis,

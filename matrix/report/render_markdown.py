@@ -79,14 +79,19 @@ def _row(row: AttributionRow) -> list[str]:
             "Worst, per context: " + "; ".join(f"{md(g.label)}: **{g.verdict}**" for g in row.worst)
         )
     lines.append("")
-    quiet = [p.phase for p in row.phases if p.agreed == "identical"]
+    # Phases identical wherever they were compared are listed together, by
+    # where that was: a phase that only float32 cells run is not "differing"
+    # from the mixed-precision contexts, merely not compared there.
+    quiet: dict[str, list[str]] = {}
     for p in row.phases:
-        if p.agreed == "identical":
-            continue
-        lines.append(f"- {md(p.text)}")
-    if quiet:
-        every = "every context" if len(row.contexts) > 1 else "its only context"
-        lines.append(f"- identical in {every}: {', '.join(md(q) for q in quiet)}")
+        if p.agreed_where_compared == "identical":
+            quiet.setdefault(p.compared_in, []).append(p.phase)
+        else:
+            lines.append(f"- {md(p.text)}")
+    every = "every context" if len(row.contexts) > 1 else "its only context"
+    for where, phases in quiet.items():
+        scope = f"in {every}" if where == "every context" else f"where compared ({md(where)})"
+        lines.append(f"- identical {scope}: {', '.join(md(q) for q in phases)}")
     layers = [
         f"{md(c.label)}: {md('; '.join(c.first_layers))}" for c in row.contexts if c.first_layers
     ]
