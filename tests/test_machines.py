@@ -244,3 +244,29 @@ def test_a_fingerprint_from_before_the_defaults_record_gets_them_from_its_cpu_fl
     assert vnni.value == "on" and "avx512_vnni" in vnni.reason
     # a torch fingerprint: oneDNN's default is not TensorFlow's rule
     assert [d.name for d in hardware_of({**old, "backend": "torch"}).defaults] == ["threads"]
+
+
+def test_a_gpu_host_is_one_machine_whether_a_cell_hid_the_gpu_or_not(tmp_path: Path) -> None:
+    """On a GPU box, device=cpu cells hide the GPU (CUDA_VISIBLE_DEVICES='')
+    and JAX reports less of the GPU than torch: still one host, one label."""
+    xeon = {"model": "Intel(R) Xeon(R) Processor", "flags": ["avx2", "amx_tile"], "count": 16}
+    h200 = {"kind": "gpu", "name": "NVIDIA H200", "driver": "580", "compute_capability": "9.0"}
+    box = tmp_path / "box"
+    for cid, device in (
+        ("jax__cpu", {"kind": "cpu", "name": xeon["model"]}),
+        ("jax__gpu", h200),
+        ("torch__gpu", {**h200, "cuda": "13.0", "cudnn": "91900"}),
+    ):
+        write_cell(
+            box, cid, axes={"stack": cid.split("__")[0], "device": cid.split("__")[1]},
+            tensors={"s/forward/y": np.ones(4, dtype=np.float32)},
+            fingerprint_overrides={"cpu": xeon, "device": device},
+        )  # fmt: skip
+    write_plan(box, ["jax__cpu", "jax__gpu", "torch__gpu"], axes=["stack", "device"],
+               reference="jax__cpu")  # fmt: skip
+    other = _host(tmp_path / "avx2", AVX2, {"jax__cpu": 1.0})
+    findings = make_findings([box, other])
+    ids = {c.id for c in findings.cells}
+    assert {"jax__cpu@intel-xeon-amx+nvidia-h200", "jax__gpu@intel-xeon-amx+nvidia-h200",
+            "torch__gpu@intel-xeon-amx+nvidia-h200", "jax__cpu@amd-epyc-avx2"} <= ids  # fmt: skip
+    assert not [p for p in findings.problems if "names machine" in str(p)]

@@ -1019,9 +1019,9 @@ def _chain(chain: Chain) -> ChainFinding:
         # contexts that read the same share one clause, named as briefly as
         # the others allow; a phase some contexts never ran is said where it ran
         by_text: dict[str, list[Context]] = {}
-        for line, (_, t) in zip(chain.lines, texts, strict=True):
-            by_text.setdefault(t, []).append(line.context)
-        universe = [line.context for line in chain.lines]
+        for step_line, (_, t) in zip(chain.lines, texts, strict=True):
+            by_text.setdefault(t, []).append(step_line.context)
+        universe = [step_line.context for step_line in chain.lines]
         compared = {t: g for t, g in by_text.items() if t != "not compared"}
         if len(by_text) == 1:
             every = "in every context" if len(texts) > 1 else "in its only context"

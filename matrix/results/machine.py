@@ -2,8 +2,10 @@
 
 A machine is what can change numbers without any software change: the CPU
 model and family and the instruction-set flags that change numerics (FMA,
-AVX-512, VNNI, BF16, AMX), and for GPU cells the GPU model, driver, CUDA and
-cuDNN. Its label is readable ("amd-epyc-avx2", "amd-epyc-avx512-bf16") and
+AVX-512, VNNI, BF16, AMX), and for GPU cells the GPU model, its compute
+capability and the driver (the CUDA and cuDNN libraries are the
+environment's, recorded in each fingerprint). Its label is readable
+("amd-epyc-avx2", "amd-epyc-avx512-bf16", "intel-xeon-amx+nvidia-h200") and
 stable: the same kind of host gives the same label wherever it runs.
 
 When results from several machines are merged, the machine becomes an axis
@@ -17,7 +19,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = ["MACHINE_AXIS", "UNKNOWN", "Machine", "distinct_labels", "isa_level", "machine_of"]
@@ -45,6 +47,10 @@ class Machine:
     flags: tuple[str, ...]
     arch: str | None
     gpu: Mapping[str, Any] | None = None
+
+    def host(self) -> Machine:
+        """The machine as its CPU alone: what a cell that hid the GPU sees of it."""
+        return replace(self, label=self.label.split("+", 1)[0], gpu=None)
 
     @property
     def key(self) -> str:
@@ -104,10 +110,9 @@ def machine_of(fingerprint: Mapping[str, Any]) -> Machine | None:
     gpu = None
     device = fingerprint.get("device")
     if isinstance(device, Mapping) and device.get("kind") == "gpu":
-        gpu = {
-            k: _text(device.get(k))
-            for k in ("name", "driver", "cuda", "cudnn", "compute_capability")
-        }
+        # What each backend reports beside these differs (torch names its
+        # CUDA and cuDNN, JAX does not): the GPU is the same one either way.
+        gpu = {k: _text(device.get(k)) for k in ("name", "driver", "compute_capability")}
         label += f"+{_slug(gpu['name'])}"
     return Machine(label=label, cpu_model=model, cpu_family=family, flags=flags, arch=arch, gpu=gpu)
 

@@ -64,35 +64,49 @@ def merge_cells(
     (None: it has none), by index. A cell planned but absent from every
     directory of its machine comes back ``missing``.
     """
+    # A host is its CPU: a cell on the CPU of a GPU machine hides the GPU
+    # from itself, and still ran there. The GPU is added to the label of
+    # the host whose cells saw one.
     machine_by_key: dict[str, Machine] = {}
     key_of: list[str | None] = []
+    gpu_of: list[str | None] = []
     for item in loaded:
         machine = machine_of(item.cell.fingerprint) if item.cell.fingerprint else None
         if machine is None:
             key_of.append(None)
+            gpu_of.append(None)
             continue
-        machine_by_key.setdefault(machine.key, machine)
-        key_of.append(machine.key)
+        host = machine.host()
+        machine_by_key.setdefault(host.key, host)
+        key_of.append(host.key)
+        gpu_of.append(machine.label.partition("+")[2] or None)
     labels = distinct_labels(machine_by_key)
     # One results directory is one run on one host (the scheduler refuses
     # another machine's runs in it): its machine is the one its sound cells
     # name. A cell without a fingerprint (failed before its manifest) ran
     # there too; a cell whose fingerprint names another machine is flagged,
     # never made a machine of its own (a damaged manifest could name anything).
-    root_label: dict[int, str] = {}
+    root_cpu: dict[int, str] = {}
     votes: dict[int, Counter[str]] = {}
-    for item, key in zip(loaded, key_of, strict=True):
+    gpus: dict[int, Counter[str]] = {}
+    for item, key, gpu in zip(loaded, key_of, gpu_of, strict=True):
         if key is not None and item.cell.ok:
             votes.setdefault(item.root, Counter())[labels[key]] += 1
+            if gpu is not None:
+                gpus.setdefault(item.root, Counter())[gpu] += 1
     for root, counter in votes.items():
-        root_label[root] = counter.most_common(1)[0][0]
+        root_cpu[root] = counter.most_common(1)[0][0]
+    root_label = {
+        root: cpu + (f"+{gpus[root].most_common(1)[0][0]}" if root in gpus else "")
+        for root, cpu in root_cpu.items()
+    }
     problems: list[str] = []
     for item, key in zip(loaded, key_of, strict=True):
-        held = root_label.get(item.root)
+        held = root_cpu.get(item.root)
         if key is not None and held is not None and labels[key] != held and item.cell.ok:
             problems.append(
                 f"{item.cell.directory}: its fingerprint names machine {labels[key]}, the rest "
-                f"of its results directory {held}; counted as {held}"
+                f"of its results directory {held}; counted as {root_label[item.root]}"
             )
 
     def label(index: int) -> str:
