@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -166,12 +166,8 @@ class AxisChange:
 
     @property
     def worst_groups(self) -> tuple[tuple[str, DriftClass], ...]:
-        """(contexts named briefly, verdict) per set of contexts with the same worst
-        verdict, in the order the verdicts first appear."""
-        by_verdict: dict[DriftClass, list[Context]] = {}
-        for change in self.contexts:
-            by_verdict.setdefault(change.verdict, []).append(change.context)
-        return tuple((self.describe(group), v) for v, group in by_verdict.items())
+        """(contexts named briefly, verdict) per set of contexts with the same worst verdict."""
+        return verdict_groups(((c.context, c.verdict) for c in self.contexts), self.describe)
 
     @cached_property
     def phases(self) -> tuple[Agreement, ...]:
@@ -222,13 +218,21 @@ class AxisEffect:
     def groups(self) -> tuple[tuple[str, DriftClass], ...]:
         """(description, verdict) per set of contexts with the same verdict."""
         universe = [c for c, _ in self.per_context]
-        by_verdict: dict[DriftClass, list[Context]] = {}
-        for context, verdict in self.per_context:
-            by_verdict.setdefault(verdict, []).append(context)
-        return tuple(
-            (describe(group, universe, self.label_axes), verdict)
-            for verdict, group in by_verdict.items()
+        return verdict_groups(
+            self.per_context, lambda group: describe(group, universe, self.label_axes)
         )
+
+
+def verdict_groups(
+    per_context: Iterable[tuple[Context, DriftClass]],
+    name: Callable[[Sequence[Context]], str],
+) -> tuple[tuple[str, DriftClass], ...]:
+    """(the contexts named by ``name``, verdict) per set of contexts with the
+    same verdict, in the order the verdicts first appear."""
+    by_verdict: dict[DriftClass, list[Context]] = {}
+    for context, verdict in per_context:
+        by_verdict.setdefault(verdict, []).append(context)
+    return tuple((name(group), verdict) for verdict, group in by_verdict.items())
 
 
 _NUMERIC = {DriftClass.ROUNDING, DriftClass.DRIFT, DriftClass.DIVERGENT}

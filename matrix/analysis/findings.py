@@ -904,9 +904,7 @@ def _agreements(row: AxisChange, items: Sequence[Agreement]) -> tuple[PhaseAgree
                 else None,
                 compared_in="every context"
                 if len(item.compared) == len(item.per_context)
-                else row.describe(item.compared)
-                if item.compared
-                else "no context",
+                else row.describe(item.compared),  # 'no context' where none did
                 max_abs=peak.max_abs if peak else math.nan,
                 max_rel=peak.max_rel if peak else math.nan,
                 max_ulp=peak.max_ulp if peak else math.nan,

@@ -377,7 +377,9 @@ def _run_task(
 def this_machine() -> Machine:
     """The host as a fingerprint would name it (containers see the same CPU)."""
     found = machine_of({"cpu": hardware.cpu_info(), "device": {"kind": "cpu"}})
-    return found or Machine(label="unknown", cpu_model=None, cpu_family=None, flags=(), arch=None)
+    return found or Machine(
+        cpu_label="unknown", cpu_model=None, cpu_family=None, flags=(), arch=None
+    )
 
 
 def _check_machine(results: Path, label: str) -> None:

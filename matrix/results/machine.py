@@ -41,16 +41,25 @@ _LEVELS = (
 
 @dataclass(frozen=True, kw_only=True)
 class Machine:
-    label: str
+    cpu_label: str  # "amd-epyc-avx2": the CPU's model and widest numeric ISA
     cpu_model: str | None
     cpu_family: str | None
     flags: tuple[str, ...]
     arch: str | None
     gpu: Mapping[str, Any] | None = None
 
+    @property
+    def gpu_label(self) -> str | None:
+        """The GPU this cell saw ("nvidia-h200"), if it saw one."""
+        return _slug(self.gpu.get("name")) if self.gpu else None
+
+    @property
+    def label(self) -> str:
+        return self.cpu_label + (f"+{self.gpu_label}" if self.gpu else "")
+
     def host(self) -> Machine:
         """The machine as its CPU alone: what a cell that hid the GPU sees of it."""
-        return replace(self, label=self.label.split("+", 1)[0], gpu=None)
+        return replace(self, gpu=None)
 
     @property
     def key(self) -> str:
@@ -106,15 +115,16 @@ def machine_of(fingerprint: Mapping[str, Any]) -> Machine | None:
         return None
     x86 = arch in (None, "x86_64", "AMD64", "i686", "i386")
     # Off x86 the fingerprint keeps no instruction-set flags: the architecture says it.
-    label = f"{_slug(model)}-{isa_level(flags) if x86 else _slug(arch)}"
+    cpu_label = f"{_slug(model)}-{isa_level(flags) if x86 else _slug(arch)}"
     gpu = None
     device = fingerprint.get("device")
     if isinstance(device, Mapping) and device.get("kind") == "gpu":
         # What each backend reports beside these differs (torch names its
         # CUDA and cuDNN, JAX does not): the GPU is the same one either way.
         gpu = {k: _text(device.get(k)) for k in ("name", "driver", "compute_capability")}
-        label += f"+{_slug(gpu['name'])}"
-    return Machine(label=label, cpu_model=model, cpu_family=family, flags=flags, arch=arch, gpu=gpu)
+    return Machine(
+        cpu_label=cpu_label, cpu_model=model, cpu_family=family, flags=flags, arch=arch, gpu=gpu
+    )
 
 
 def distinct_labels(machines: Mapping[str, Machine]) -> dict[str, str]:

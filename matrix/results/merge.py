@@ -79,7 +79,7 @@ def merge_cells(
         host = machine.host()
         machine_by_key.setdefault(host.key, host)
         key_of.append(host.key)
-        gpu_of.append(machine.label.partition("+")[2] or None)
+        gpu_of.append(machine.gpu_label)
     labels = distinct_labels(machine_by_key)
     # One results directory is one run on one host (the scheduler refuses
     # another machine's runs in it): its machine is the one its sound cells
