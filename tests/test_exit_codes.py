@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from artifact_factory import write_cell, write_plan
 from docker_support import require_engine
+from process_support import run_matrix
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,14 +39,7 @@ unseeded_repeats = 0
 
 
 def matrix(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> tuple[int, str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "matrix", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        cwd=ROOT,
-        timeout=timeout,
-    )
+    proc = run_matrix(*args, env=env, timeout=timeout)
     return proc.returncode, proc.stderr
 
 

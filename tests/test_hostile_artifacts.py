@@ -31,6 +31,7 @@ import jsonschema
 import numpy as np
 import pytest
 from artifact_factory import base_tensors, write_cell, write_plan
+from process_support import run_matrix
 
 from matrix.analysis.compare import compare_tensors
 from matrix.analysis.drift import DEFAULT_THRESHOLDS, DriftClass
@@ -45,17 +46,7 @@ SCHEMA = json.loads(REPORT_SCHEMA_PATH.read_text())
 
 
 def matrix(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8"}
-    return subprocess.run(
-        [sys.executable, "-m", "matrix", *args],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        env=env,
-        cwd=cwd,
-        timeout=TIMEOUT,
-    )
+    return run_matrix(*args, cwd=cwd, timeout=TIMEOUT)
 
 
 def error_line(proc: subprocess.CompletedProcess[str]) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from artifact_factory import base_tensors, write_cell, write_plan
+from process_support import run_matrix
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60
@@ -29,23 +30,9 @@ BODY = "[axes]\nstack = ['tf-2.15']\n"
 def matrix(
     *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "PYTHONIOENCODING": "utf-8",
-        # No case may reach a container engine, whatever the machine has.
-        "KRM_DOCKER": "/nonexistent/docker",
-        **(env or {}),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "matrix", *args],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        env=full_env,
-        cwd=cwd,
-        timeout=TIMEOUT,
+    # No case may reach a container engine, whatever the machine has.
+    return run_matrix(
+        *args, cwd=cwd, env={"KRM_DOCKER": "/nonexistent/docker", **(env or {})}, timeout=TIMEOUT
     )
 
 

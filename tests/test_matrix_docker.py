@@ -4,14 +4,13 @@ matrix` runs it: hardened containers, repeats, cache and the report."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 from docker_support import require_engine
+from process_support import run_matrix
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,15 +31,7 @@ unseeded_repeats = 0
 
 
 def matrix(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "matrix", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=1800,
-    )
+    return run_matrix(*args, timeout=1800)
 
 
 # A cold run builds the base image and the stack's image first (the run below

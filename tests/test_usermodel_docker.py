@@ -4,13 +4,12 @@ read-only, at /opt/krm/in, and the cells compare like any others."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from docker_support import require_engine
+from process_support import run_matrix
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "timeseries"
@@ -52,14 +51,7 @@ def run(ctx):
 
 
 def matrix(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "matrix", "run", "--executor", "docker", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-        timeout=1800,
-    )
+    return run_matrix("run", "--executor", "docker", *args, timeout=1800)
 
 
 def test_user_files_are_mounted_read_only(tmp_path: Path) -> None:
